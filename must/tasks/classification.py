@@ -1,0 +1,79 @@
+"""Image classification: a (soft) class distribution per image.
+
+Features: `image/class/label` (argmax, what Model Garden's classification
+decoder reads) plus the distribution as `image/class/soft/label` (class ids)
+and `image/class/soft/prob` (their float32 probabilities). With `top_k` only
+the k most probable classes are stored, to bound record size for large label
+spaces; probabilities are stored as they are, not renormalized.
+"""
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from must import tasks
+from must.tasks import base
+
+LABEL = "image/class/label"
+SOFT_LABEL = "image/class/soft/label"
+SOFT_PROB = "image/class/soft/prob"
+
+
+@dataclasses.dataclass
+class ClassificationLabel:
+  """probs: float [num_classes], a distribution (one-hot for ground truth)."""
+  probs: np.ndarray
+
+  @classmethod
+  def one_hot(cls, class_id: int, num_classes: int) -> "ClassificationLabel":
+    probs = np.zeros([num_classes], np.float32)
+    probs[class_id] = 1.0
+    return cls(probs)
+
+
+@tasks.register
+class Classification(base.Task):
+  """Classification with soft labels.
+
+  Args:
+    num_classes: size of the label space (the dense decoded vector's length).
+    top_k: store only the k most probable classes; None stores every class
+      with non-zero probability.
+  """
+
+  name = "classification"
+
+  def __init__(self, num_classes: int, top_k: int | None = None):
+    if num_classes < 1:
+      raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    self.num_classes = num_classes
+    self.top_k = top_k
+
+  def features(self, label: ClassificationLabel, image_size) -> base.Features:
+    del image_size
+    probs = np.asarray(label.probs, np.float32)
+    if probs.shape != (self.num_classes,):
+      raise ValueError(
+          f"classification label has shape {probs.shape}, expected ({self.num_classes},)")
+    ids = np.flatnonzero(probs)
+    if self.top_k is not None and len(ids) > self.top_k:
+      ids = np.sort(np.argsort(-probs, kind="stable")[:self.top_k])
+    return {
+        LABEL: base.int64_feature(int(np.argmax(probs))),
+        SOFT_LABEL: base.int64_feature(ids),
+        SOFT_PROB: base.float_feature(probs[ids]),
+    }
+
+  def feature_spec(self) -> base.FeatureSpec:
+    return {
+        LABEL: tf.io.FixedLenFeature((), tf.int64, default_value=-1),
+        SOFT_LABEL: tf.io.VarLenFeature(tf.int64),
+        SOFT_PROB: tf.io.VarLenFeature(tf.float32),
+    }
+
+  def decode(self, parsed, image_size, present):
+    del image_size, present  # Absent: label -1, all-zero distribution.
+    ids = base.dense(parsed, SOFT_LABEL)
+    probs = tf.scatter_nd(ids[:, None], base.dense(parsed, SOFT_PROB),
+                          [self.num_classes])
+    return {"label": tf.cast(parsed[LABEL], tf.int32), "probs": probs}

@@ -1,0 +1,85 @@
+"""Monocular depth: a float map stored as a 16-bit PNG plus scale and shift.
+
+Features: `image/depth/encoded` (16-bit single-channel PNG), and what brings the
+floats back: value = shift + scale * (q - 1) for codes q >= 1; code 0 marks
+pixels without depth (non-finite input). `image/depth/kind` says what the
+values are: `relative_inverse` (MiDaS-style, valid up to scale and shift: what
+teachers predict) or `metric` (distance along the camera axis: ground truth).
+The quantization error is at most scale / 2 = (max - min) / 131068.
+"""
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from must import image_codec
+from must import tasks
+from must.tasks import base
+
+ENCODED = "image/depth/encoded"
+SCALE = "image/depth/scale"
+SHIFT = "image/depth/shift"
+KIND = "image/depth/kind"
+KINDS = ("relative_inverse", "metric")
+_MAX_CODE = 65535
+
+
+@dataclasses.dataclass
+class DepthLabel:
+  """depth: float [H, W]; NaN or inf marks pixels without depth."""
+  depth: np.ndarray
+  kind: str = "relative_inverse"
+
+
+def quantize(depth: np.ndarray) -> tuple[np.ndarray, np.float32, np.float32]:
+  """Float depth -> (uint16 codes, scale, shift) with 0 for invalid pixels."""
+  depth = np.asarray(depth, np.float32)
+  valid = np.isfinite(depth)
+  if not valid.any():
+    return np.zeros(depth.shape, np.uint16), np.float32(1), np.float32(0)
+  lo, hi = float(depth[valid].min()), float(depth[valid].max())
+  shift = np.float32(lo)
+  scale = np.float32((hi - lo) / (_MAX_CODE - 1)) if hi > lo else np.float32(1)
+  codes = np.zeros(depth.shape, np.uint16)
+  codes[valid] = np.clip(np.rint((depth[valid] - shift) / scale) + 1, 1, _MAX_CODE)
+  return codes, scale, shift
+
+
+def dequantize(codes: np.ndarray, scale: float, shift: float) -> np.ndarray:
+  """uint16 codes -> float32 depth, NaN where the code is 0."""
+  depth = np.float32(shift) + np.float32(scale) * (codes.astype(np.float32) - 1)
+  return np.where(codes > 0, depth, np.float32(np.nan)).astype(np.float32)
+
+
+@tasks.register
+class Depth(base.Task):
+  """Dense depth (relative inverse or metric)."""
+
+  name = "depth"
+
+  def features(self, label: DepthLabel, image_size) -> base.Features:
+    if label.kind not in KINDS:
+      raise ValueError(f"unknown depth kind {label.kind!r}; valid: {KINDS}")
+    base.check_dense_shape(self.name, np.asarray(label.depth), image_size)
+    codes, scale, shift = quantize(label.depth)
+    return {
+        ENCODED: base.bytes_feature(image_codec.encode_png(codes)),
+        SCALE: base.float_feature(scale),
+        SHIFT: base.float_feature(shift),
+        KIND: base.bytes_feature(label.kind),
+    }
+
+  def feature_spec(self) -> base.FeatureSpec:
+    return {
+        ENCODED: tf.io.FixedLenFeature((), tf.string, default_value=""),
+        SCALE: tf.io.FixedLenFeature((), tf.float32, default_value=1.0),
+        SHIFT: tf.io.FixedLenFeature((), tf.float32, default_value=0.0),
+        KIND: tf.io.FixedLenFeature((), tf.string, default_value=""),
+    }
+
+  def decode(self, parsed, image_size, present):
+    # Absent: every pixel invalid.
+    codes = base.decode_png_or_fill(parsed[ENCODED], present, image_size, 1, tf.uint16, 0)
+    values = parsed[SHIFT] + parsed[SCALE] * (tf.cast(codes, tf.float32) - 1.0)
+    valid = codes > 0
+    return {"depth": tf.where(valid, values, 0.0), "valid": valid, "kind": parsed[KIND]}

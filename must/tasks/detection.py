@@ -1,0 +1,99 @@
+"""Object detection: boxes with classes and scores.
+
+Features are the ones Model Garden's `TfExampleDecoder` reads
+(`image/object/bbox/{ymin,xmin,ymax,xmax}` normalized to [0, 1],
+`image/object/class/label`, `image/object/area`, `image/object/is_crowd`),
+plus `image/object/score` (1.0 for ground truth).
+"""
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from must import tasks
+from must.tasks import base
+
+YMIN, XMIN, YMAX, XMAX = (f"image/object/bbox/{k}" for k in ("ymin", "xmin", "ymax", "xmax"))
+CLASS = "image/object/class/label"
+SCORE = "image/object/score"
+AREA = "image/object/area"
+IS_CROWD = "image/object/is_crowd"
+
+
+@dataclasses.dataclass
+class DetectionLabel:
+  """Boxes of one image.
+
+  Attributes:
+    boxes: float [N, 4] (ymin, xmin, ymax, xmax), normalized to [0, 1].
+    classes: int [N] category ids (0 is background and never a box).
+    scores: float [N]; None means ground truth (all 1.0).
+    areas: float [N] object areas in pixels; None means box areas.
+    is_crowd: int [N]; None means all 0.
+  """
+  boxes: np.ndarray
+  classes: np.ndarray
+  scores: np.ndarray | None = None
+  areas: np.ndarray | None = None
+  is_crowd: np.ndarray | None = None
+
+
+@tasks.register
+class Detection(base.Task):
+  """Detection with normalized boxes.
+
+  Args:
+    num_classes: size of the category id space, background (0) included.
+  """
+
+  name = "detection"
+
+  def __init__(self, num_classes: int):
+    self.num_classes = num_classes
+
+  def features(self, label: DetectionLabel, image_size) -> base.Features:
+    boxes = np.asarray(label.boxes, np.float32).reshape(-1, 4)
+    n = len(boxes)
+    classes = np.asarray(label.classes, np.int64).reshape(-1)
+    if len(classes) != n:
+      raise ValueError(f"detection label has {n} boxes but {len(classes)} classes")
+    if n and (classes.min() < 1 or classes.max() >= self.num_classes):
+      raise ValueError(f"detection classes must be in [1, {self.num_classes}), "
+                       f"got {classes.min()}..{classes.max()}")
+    if n and (boxes.min() < 0 or boxes.max() > 1 or
+              np.any(boxes[:, 2] < boxes[:, 0]) or np.any(boxes[:, 3] < boxes[:, 1])):
+      raise ValueError("detection boxes must be normalized (ymin, xmin, ymax, xmax) "
+                       "with 0 <= min <= max <= 1")
+    scores = np.ones([n], np.float32) if label.scores is None else label.scores
+    if label.areas is None:
+      areas = ((boxes[:, 2] - boxes[:, 0]) * image_size[0] *
+               (boxes[:, 3] - boxes[:, 1]) * image_size[1])
+    else:
+      areas = label.areas
+    is_crowd = np.zeros([n], np.int64) if label.is_crowd is None else label.is_crowd
+    return {
+        YMIN: base.float_feature(boxes[:, 0]),
+        XMIN: base.float_feature(boxes[:, 1]),
+        YMAX: base.float_feature(boxes[:, 2]),
+        XMAX: base.float_feature(boxes[:, 3]),
+        CLASS: base.int64_feature(classes),
+        SCORE: base.float_feature(scores),
+        AREA: base.float_feature(areas),
+        IS_CROWD: base.int64_feature(is_crowd),
+    }
+
+  def feature_spec(self) -> base.FeatureSpec:
+    spec = {k: tf.io.VarLenFeature(tf.float32) for k in (YMIN, XMIN, YMAX, XMAX, SCORE, AREA)}
+    spec.update({k: tf.io.VarLenFeature(tf.int64) for k in (CLASS, IS_CROWD)})
+    return spec
+
+  def decode(self, parsed, image_size, present):
+    del image_size, present  # Absent: zero boxes.
+    boxes = tf.stack([base.dense(parsed, k) for k in (YMIN, XMIN, YMAX, XMAX)], axis=-1)
+    return {
+        "boxes": boxes,
+        "classes": tf.cast(base.dense(parsed, CLASS), tf.int32),
+        "scores": base.dense(parsed, SCORE),
+        "areas": base.dense(parsed, AREA),
+        "is_crowd": tf.cast(base.dense(parsed, IS_CROWD), tf.bool),
+    }

@@ -1,0 +1,63 @@
+"""Semantic segmentation: one class id per pixel, 255 = ignore.
+
+Feature: `image/segmentation/class/encoded`, a single-channel 8-bit PNG, which
+is what Model Garden's semantic segmentation decoder reads.
+"""
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from must import image_codec
+from must import tasks
+from must.tasks import base
+
+ENCODED = "image/segmentation/class/encoded"
+FORMAT = "image/segmentation/class/format"
+IGNORE_LABEL = 255
+
+
+@dataclasses.dataclass
+class SegmentationLabel:
+  """mask: uint8 [H, W] class ids; IGNORE_LABEL marks pixels without a label."""
+  mask: np.ndarray
+
+
+@tasks.register
+class Segmentation(base.Task):
+  """Semantic segmentation.
+
+  Args:
+    num_classes: class ids are 0..num_classes-1 (0 = background); 255 ignores.
+  """
+
+  name = "segmentation"
+
+  def __init__(self, num_classes: int):
+    if not 1 <= num_classes <= IGNORE_LABEL:
+      raise ValueError(f"num_classes must be in [1, {IGNORE_LABEL}], got {num_classes}")
+    self.num_classes = num_classes
+
+  def features(self, label: SegmentationLabel, image_size) -> base.Features:
+    mask = np.asarray(label.mask)
+    base.check_dense_shape(self.name, mask, image_size)
+    labeled = mask[mask != IGNORE_LABEL]
+    if labeled.size and (labeled.min() < 0 or labeled.max() >= self.num_classes):
+      raise ValueError(f"segmentation ids must be < {self.num_classes} or "
+                       f"{IGNORE_LABEL}, got max {labeled.max()}")
+    return {
+        ENCODED: base.bytes_feature(image_codec.encode_png(mask.astype(np.uint8))),
+        FORMAT: base.bytes_feature(image_codec.PNG),
+    }
+
+  def feature_spec(self) -> base.FeatureSpec:
+    return {
+        ENCODED: tf.io.FixedLenFeature((), tf.string, default_value=""),
+        FORMAT: tf.io.FixedLenFeature((), tf.string, default_value=""),
+    }
+
+  def decode(self, parsed, image_size, present):
+    # Absent: every pixel ignored.
+    mask = base.decode_png_or_fill(parsed[ENCODED], present, image_size, 1, tf.uint8,
+                                   IGNORE_LABEL)
+    return {"mask": mask}

@@ -1,0 +1,56 @@
+"""Surface normals: a unit vector per pixel in the camera frame.
+
+Feature: `image/normals/encoded`, a 16-bit three-channel PNG with each
+component mapped from [-1, 1] to codes [1, 65535]; (0, 0, 0) marks pixels
+without a normal. Frame: x right, y up, z toward the camera. The quantization
+error per component is at most 1 / 65534.
+"""
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from must import image_codec
+from must import tasks
+from must.tasks import base
+
+ENCODED = "image/normals/encoded"
+_HALF_RANGE = 32767.0  # codes 1..65535 <-> components -1..1
+
+
+@dataclasses.dataclass
+class SurfaceNormalsLabel:
+  """normals: float [H, W, 3] unit vectors; NaN rows mark pixels without one."""
+  normals: np.ndarray
+
+
+def quantize(normals: np.ndarray) -> np.ndarray:
+  """Float [H, W, 3] normals -> uint16 codes, (0, 0, 0) where not finite."""
+  normals = np.asarray(normals, np.float32)
+  valid = np.all(np.isfinite(normals), axis=-1, keepdims=True)
+  codes = np.rint((np.clip(np.nan_to_num(normals), -1, 1) + 1) * _HALF_RANGE) + 1
+  return np.where(valid, codes, 0).astype(np.uint16)
+
+
+@tasks.register
+class SurfaceNormals(base.Task):
+  """Dense surface normals."""
+
+  name = "surface_normals"
+
+  def features(self, label: SurfaceNormalsLabel, image_size) -> base.Features:
+    normals = np.asarray(label.normals)
+    base.check_dense_shape(self.name, normals, image_size)
+    if normals.ndim != 3 or normals.shape[2] != 3:
+      raise ValueError(f"surface normals must be [H, W, 3], got {normals.shape}")
+    return {ENCODED: base.bytes_feature(image_codec.encode_png(quantize(normals)))}
+
+  def feature_spec(self) -> base.FeatureSpec:
+    return {ENCODED: tf.io.FixedLenFeature((), tf.string, default_value="")}
+
+  def decode(self, parsed, image_size, present):
+    # Absent: every pixel invalid.
+    codes = base.decode_png_or_fill(parsed[ENCODED], present, image_size, 3, tf.uint16, 0)
+    valid = tf.reduce_all(codes > 0, axis=-1)
+    normals = (tf.cast(codes, tf.float32) - 1.0) / _HALF_RANGE - 1.0
+    return {"normals": tf.where(valid[..., None], normals, 0.0), "valid": valid}

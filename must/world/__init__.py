@@ -1,0 +1,1 @@
+"""The procedural image world: the embedded default data set."""
