@@ -1,0 +1,184 @@
+"""Drawing labels on images: boxes, mask overlays, depth and normal maps.
+
+One place for every picture the project makes (the world preview, pseudo-label
+contact sheets, reports). Everything takes NumPy arrays in the schema's
+conventions (normalized boxes, class ids with 0 = background and 255 = ignore)
+and returns uint8 RGB arrays; `save_png` writes them.
+"""
+import io
+from typing import Sequence
+
+import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+import tensorflow as tf
+
+IGNORE_LABEL = 255
+_IGNORE_COLOR = (40, 40, 40)
+
+
+def palette(num_classes: int) -> np.ndarray:
+  """uint8 [256, 3] colours: 0 black, 1..num_classes distinct hues, 255 dark grey."""
+  colors = np.zeros([256, 3], np.uint8)
+  cmap = matplotlib.colormaps["tab20"]
+  for i in range(1, max(num_classes, 1)):
+    colors[i] = np.round(np.array(cmap((i - 1) % 20)[:3]) * 255)
+  colors[IGNORE_LABEL] = _IGNORE_COLOR
+  return colors
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+  """Nearest-neighbour upscaling, so small images stay crisp under drawn text."""
+  return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
+def colorize_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
+  """Class-id map [H, W] -> RGB."""
+  return palette(num_classes)[mask]
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray, num_classes: int,
+                 alpha: float = 0.55) -> np.ndarray:
+  """Blends the class colours over the image where the class is not background."""
+  colors = colorize_mask(mask, num_classes).astype(np.float32)
+  blend = np.where((mask > 0)[..., None], alpha, 0.0)
+  return np.round(image * (1 - blend) + colors * blend).astype(np.uint8)
+
+
+def colorize_depth(depth: np.ndarray, valid: np.ndarray | None = None,
+                   inverse: bool = True) -> np.ndarray:
+  """Depth [H, W] -> RGB with a perceptual colour map (near = bright).
+
+  Args:
+    depth: metric depth, or relative inverse depth when `inverse` is False.
+    valid: bool [H, W]; invalid pixels are drawn black.
+    inverse: take 1/depth first (metric depth); False for values that already
+      grow toward the camera.
+  """
+  if valid is None:
+    valid = np.isfinite(depth) & ((depth > 0) if inverse else True)
+  values = np.where(valid, depth, np.nan).astype(np.float64)
+  if inverse:
+    values = 1.0 / values
+  if valid.any():
+    lo, hi = np.nanpercentile(values, [1, 99])
+    values = np.clip((values - lo) / max(hi - lo, 1e-12), 0, 1)
+  rgb = matplotlib.colormaps["magma"](np.nan_to_num(values))[..., :3]
+  rgb[~valid] = 0
+  return np.round(rgb * 255).astype(np.uint8)
+
+
+def colorize_normals(normals: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+  """Unit normals [H, W, 3] -> RGB with the usual (n + 1) / 2 mapping."""
+  rgb = np.round((np.clip(normals, -1, 1) + 1) * 127.5).astype(np.uint8)
+  if valid is not None:
+    rgb[~valid] = 0
+  return rgb
+
+
+def draw_boxes(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
+               names: Sequence[str], scores: np.ndarray | None = None,
+               num_classes: int | None = None) -> np.ndarray:
+  """Draws normalized (ymin, xmin, ymax, xmax) boxes with class names (and scores).
+
+  Args:
+    image: uint8 [H, W, 3].
+    boxes: float [N, 4] normalized.
+    classes: int [N] category ids; names[id] is the caption.
+    names: caption per category id (index 0 = background).
+    scores: optional float [N], appended to captions.
+    num_classes: for box colours; defaults to len(names).
+
+  Returns:
+    A new uint8 image.
+  """
+  height, width = image.shape[:2]
+  colors = palette(num_classes or len(names))
+  canvas = Image.fromarray(image)
+  draw = ImageDraw.Draw(canvas)
+  font = ImageFont.load_default()
+  for i, (box, cls) in enumerate(zip(np.asarray(boxes).reshape(-1, 4), classes)):
+    ymin, xmin, ymax, xmax = box * [height, width, height, width]
+    color = tuple(int(c) for c in colors[int(cls)])
+    draw.rectangle([xmin, ymin, xmax - 1, ymax - 1], outline=color, width=2)
+    caption = names[int(cls)] if int(cls) < len(names) else str(int(cls))
+    if scores is not None:
+      caption += f" {scores[i]:.2f}"
+    text_box = draw.textbbox((xmin + 2, ymin + 1), caption, font=font)
+    draw.rectangle(text_box, fill=color)
+    draw.text((xmin + 2, ymin + 1), caption, fill=(0, 0, 0), font=font)
+  return np.asarray(canvas)
+
+
+def caption(panel: np.ndarray, text: str, height: int = 14) -> np.ndarray:
+  """Adds a strip of text above a panel."""
+  strip = Image.new("RGB", (panel.shape[1], height), (255, 255, 255))
+  ImageDraw.Draw(strip).text((3, 1), text, fill=(0, 0, 0), font=ImageFont.load_default())
+  return np.concatenate([np.asarray(strip), panel], axis=0)
+
+
+def grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 4) -> np.ndarray:
+  """Lays panels out in rows on a white sheet; panels may differ in size."""
+  row_images = []
+  for row in rows:
+    height = max(p.shape[0] for p in row)
+    cells = []
+    for panel in row:
+      cell = np.full([height + pad, panel.shape[1] + pad, 3], 255, np.uint8)
+      cell[:panel.shape[0], :panel.shape[1]] = panel
+      cells.append(cell)
+    row_images.append(np.concatenate(cells, axis=1))
+  width = max(r.shape[1] for r in row_images)
+  sheet = np.full([sum(r.shape[0] for r in row_images), width, 3], 255, np.uint8)
+  y = 0
+  for r in row_images:
+    sheet[y:y + r.shape[0], :r.shape[1]] = r
+    y += r.shape[0]
+  return sheet
+
+
+def label_panels(image: np.ndarray, names: Sequence[str], *, scale: int = 3,
+                 boxes=None, classes=None, scores=None, mask=None, depth=None,
+                 depth_valid=None, depth_is_inverse=False, normals=None,
+                 normals_valid=None, probs=None, top_k: int = 3) -> list[np.ndarray]:
+  """One row of captioned panels showing whichever labels are given.
+
+  Args:
+    image: uint8 [H, W, 3].
+    names: category names by id (0 = background).
+    scale: nearest-neighbour upscaling of every panel.
+    boxes, classes, scores: detection (normalized boxes).
+    mask: segmentation class ids [H, W].
+    depth, depth_valid: depth map; `depth_is_inverse` for relative inverse depth.
+    normals, normals_valid: surface normals [H, W, 3].
+    probs: class distribution; the top-k classes caption the image panel.
+    top_k: how many classes to name.
+
+  Returns:
+    The panels, image first.
+  """
+  num_classes = len(names)
+  title = "image"
+  if probs is not None:
+    top = np.argsort(-np.asarray(probs))[:top_k]
+    title = " ".join(f"{names[i] if i < num_classes else i}:{probs[i]:.2f}" for i in top)
+  big = upscale(image, scale)
+  panels = [caption(big, title)]
+  if boxes is not None:
+    panels.append(caption(draw_boxes(big, boxes, classes, names, scores), "boxes"))
+  if mask is not None:
+    panels.append(caption(overlay_mask(big, upscale(mask, scale), num_classes), "mask"))
+  if depth is not None:
+    panels.append(caption(upscale(colorize_depth(depth, depth_valid,
+                                                 inverse=not depth_is_inverse), scale), "depth"))
+  if normals is not None:
+    panels.append(caption(upscale(colorize_normals(normals, normals_valid), scale), "normals"))
+  return panels
+
+
+def save_png(image: np.ndarray, path: str) -> None:
+  """Writes an RGB array as PNG (any Beam/TF file system path works)."""
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG")
+  with tf.io.gfile.GFile(path, "wb") as f:
+    f.write(buffer.getvalue())

@@ -1,0 +1,283 @@
+"""Writes the procedural world: labeled splits, an image corpus, a preview.
+
+Layout under the output directory:
+
+  labeled/<task>/train-*.tfrecord   one disjoint split per teacher, only that
+                                    task's ground truth (classification,
+                                    detection, segmentation, depth)
+  corpus/images/part-NNN/*.jpg|png  the unlabeled corpus, plain image files
+  corpus/partial/partial-*.tfrecord a small partially labeled subset (ground
+                                    truth for a random subset of tasks)
+  eval/eval-*.tfrecord              held-out split with every task's ground truth
+  transfer/{train,eval}-*.tfrecord  transfer split, every task incl. normals
+  preview.png                       a few eval scenes with their labels drawn
+  world.json                        categories, schema task params, splits
+                                    (file pattern, count, tasks), config, timing
+
+Every scene comes from its own random stream keyed by (seed, split, index), so
+splits are disjoint and the output is identical for the same config. Shards
+are written in parallel worker processes.
+"""
+import concurrent.futures
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import time
+from typing import Iterator
+
+import numpy as np
+
+import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
+from must import image_codec
+from must import schema as schema_lib
+from must import visualize
+from must.tasks.classification import ClassificationLabel
+from must.tasks.depth import DepthLabel
+from must.tasks.detection import DetectionLabel
+from must.tasks.segmentation import SegmentationLabel
+from must.tasks.surface_normals import SurfaceNormalsLabel
+from must.world import scene as scene_lib
+from official.modeling import hyperparams
+
+TEACHER_TASKS = ("classification", "detection", "segmentation", "depth")
+ALL_TASKS = TEACHER_TASKS + ("surface_normals",)
+
+# The renderer's knobs as a strict config, generated from RenderParams so the
+# two never drift apart.
+RenderConfig = dataclasses.make_dataclass(
+    "RenderConfig",
+    [(f.name, f.type, dataclasses.field(default=f.default))
+     for f in dataclasses.fields(scene_lib.RenderParams)],
+    bases=(hyperparams.Config,))
+
+
+@dataclasses.dataclass
+class SplitSizes(hyperparams.Config):
+  """Number of scenes per split."""
+  classification: int = 2000
+  detection: int = 2000
+  segmentation: int = 2000
+  depth: int = 2000
+  corpus: int = 4000
+  corpus_partial: int = 200
+  eval: int = 500
+  transfer_train: int = 500
+  transfer_eval: int = 300
+
+
+@dataclasses.dataclass
+class WorldConfig(hyperparams.Config):
+  """Everything that decides what the world generator writes."""
+  seed: int = 0
+  render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
+  sizes: SplitSizes = dataclasses.field(default_factory=SplitSizes)
+  examples_per_shard: int = 500
+  image_format: str = "jpeg"          # image encoding inside the TFRecords
+  jpeg_quality: int = 95
+  corpus_png_fraction: float = 0.1    # the rest of the corpus is JPEG
+  corpus_files_per_folder: int = 500
+  preview_scenes: int = 6
+  num_workers: int = 2
+
+  def validate(self):
+    super().validate()
+    if self.image_format not in image_codec.FORMATS:
+      raise ValueError(f"image_format must be one of {image_codec.FORMATS}, "
+                       f"got {self.image_format!r}")
+    if not 0 <= self.corpus_png_fraction <= 1:
+      raise ValueError(f"corpus_png_fraction must be in [0, 1], got {self.corpus_png_fraction}")
+    for name, value in self.sizes.as_dict().items():
+      if value < 0:
+        raise ValueError(f"sizes.{name} must be >= 0, got {value}")
+    if self.examples_per_shard < 1 or self.corpus_files_per_folder < 1:
+      raise ValueError("examples_per_shard and corpus_files_per_folder must be >= 1")
+
+
+def task_params() -> dict[str, dict]:
+  """The schema parameters of the world's labels (category ids 0..K, 0 = background)."""
+  n = scene_lib.NUM_CLASSES
+  return {"classification": {"num_classes": n}, "detection": {"num_classes": n},
+          "segmentation": {"num_classes": n}, "depth": {}, "surface_normals": {}}
+
+
+def category_names() -> list[str]:
+  """Names by category id; id 0 is the background."""
+  return ["background", *scene_lib.CATEGORIES]
+
+
+def render_params(config: WorldConfig) -> scene_lib.RenderParams:
+  return scene_lib.RenderParams(**config.render.as_dict())
+
+
+def scene_labels(scene: scene_lib.Scene) -> dict:
+  """Every task's ground-truth label of a scene, keyed by task name."""
+  return {
+      "classification": ClassificationLabel.one_hot(scene.image_class, scene_lib.NUM_CLASSES),
+      "detection": DetectionLabel(scene.boxes, scene.classes,
+                                  areas=np.bincount(scene.instances.ravel())[
+                                      scene.box_instance_ids].astype(np.float32)),
+      "segmentation": SegmentationLabel(scene.semantic),
+      "depth": DepthLabel(scene.depth, kind="metric"),
+      "surface_normals": SurfaceNormalsLabel(scene.normals),
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Split:
+  """How one split is written: which tasks it labels, where, in what form."""
+  name: str
+  path: str            # relative to the output directory, without shard suffix
+  tasks: tuple[str, ...]
+  files: bool = False  # plain image files instead of TFRecords
+  partial: bool = False  # a random non-empty subset of the teacher tasks
+
+
+def _splits() -> list[_Split]:
+  teacher_splits = [_Split(t, f"labeled/{t}/train", (t,)) for t in TEACHER_TASKS]
+  return teacher_splits + [
+      _Split("corpus", "corpus/images/part", (), files=True),
+      _Split("corpus_partial", "corpus/partial/partial", TEACHER_TASKS, partial=True),
+      _Split("eval", "eval/eval", ALL_TASKS),
+      _Split("transfer_train", "transfer/train", ALL_TASKS),
+      _Split("transfer_eval", "transfer/eval", ALL_TASKS),
+  ]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+  split: _Split
+  shard: int
+  num_shards: int
+  start: int
+  stop: int
+
+
+def _jobs(config: WorldConfig) -> Iterator[_Job]:
+  sizes = config.sizes.as_dict()
+  for split in _splits():
+    count = sizes[split.name]
+    per_job = config.corpus_files_per_folder if split.files else config.examples_per_shard
+    num_shards = math.ceil(count / per_job)
+    for shard in range(num_shards):
+      yield _Job(split, shard, num_shards, shard * per_job, min(count, (shard + 1) * per_job))
+
+
+def _shard_path(output_dir: str, job: _Job) -> str:
+  if job.split.files:
+    return os.path.join(output_dir, f"{job.split.path}-{job.shard:03d}")
+  return os.path.join(output_dir,
+                      f"{job.split.path}-{job.shard:05d}-of-{job.num_shards:05d}.tfrecord")
+
+
+def _write_job(config_dict: dict, output_dir: str, job: _Job) -> int:
+  """Renders and writes one shard (or corpus folder); returns scenes written."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (worker process)
+  config = WorldConfig(config_dict)
+  params = render_params(config)
+  schema = schema_lib.Schema({t: task_params()[t] for t in job.split.tasks})
+  path = _shard_path(output_dir, job)
+  os.makedirs(path if job.split.files else os.path.dirname(path), exist_ok=True)
+  # Shards appear under their final name only when complete.
+  writer = None if job.split.files else tf.io.TFRecordWriter(path + ".incomplete")
+  for index in range(job.start, job.stop):
+    rng = scene_lib.scene_rng(config.seed, job.split.name, index)
+    scene = scene_lib.render_scene(rng, params)
+    if job.split.files:
+      png = rng.random() < config.corpus_png_fraction
+      data = (image_codec.encode_png(scene.image) if png else
+              image_codec.encode_jpeg(scene.image, config.jpeg_quality))
+      with open(os.path.join(path, f"{index:07d}.{'png' if png else 'jpg'}"), "wb") as f:
+        f.write(data)
+      continue
+    tasks = job.split.tasks
+    if job.split.partial:
+      tasks = tuple(t for t in tasks if rng.random() < 0.5) or (tasks[rng.integers(len(tasks))],)
+    labels = scene_labels(scene)
+    example = schema.encode(scene.image, {t: labels[t] for t in tasks},
+                            image_format=config.image_format,
+                            jpeg_quality=config.jpeg_quality)
+    writer.write(example.SerializeToString(deterministic=True))
+  if writer is not None:
+    writer.close()
+    os.replace(path + ".incomplete", path)
+  return job.stop - job.start
+
+
+def write_preview(config: WorldConfig, path: str) -> None:
+  """A sheet of eval scenes with every label drawn (boxes, mask, depth, normals)."""
+  params = render_params(config)
+  rows = []
+  for index in range(config.preview_scenes):
+    scene = scene_lib.render_scene(scene_lib.scene_rng(config.seed, "eval", index), params)
+    rows.append(visualize.label_panels(
+        scene.image, category_names(), boxes=scene.boxes, classes=scene.classes,
+        mask=scene.semantic, depth=scene.depth, normals=scene.normals,
+        probs=ClassificationLabel.one_hot(scene.image_class, scene_lib.NUM_CLASSES).probs,
+        top_k=1))
+  visualize.save_png(visualize.grid(rows), path)
+
+
+def write_world(config: WorldConfig, output_dir: str, progress=print) -> dict:
+  """Writes every split, the preview and `world.json`; returns the metadata.
+
+  Args:
+    config: a validated WorldConfig.
+    output_dir: local directory (created).
+    progress: called with one line of text as shards finish.
+
+  Returns:
+    The metadata also written to `world.json`.
+  """
+  os.makedirs(output_dir, exist_ok=True)
+  jobs = list(_jobs(config))
+  total = sum(j.stop - j.start for j in jobs)
+  start_time = time.perf_counter()
+  done = 0
+  config_dict = config.as_dict()
+  context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork.
+  with concurrent.futures.ProcessPoolExecutor(config.num_workers, mp_context=context) as pool:
+    futures = [pool.submit(_write_job, config_dict, output_dir, job) for job in jobs]
+    for future in concurrent.futures.as_completed(futures):
+      done += future.result()
+      elapsed = time.perf_counter() - start_time
+      progress(f"world: {done}/{total} scenes ({done / max(elapsed, 1e-9):.0f}/s)")
+  seconds = time.perf_counter() - start_time
+  if config.preview_scenes:
+    write_preview(config, os.path.join(output_dir, "preview.png"))
+
+  sizes = config.sizes.as_dict()
+  splits = {}
+  for split in _splits():
+    if split.files:
+      pattern = os.path.join(output_dir, "corpus/images/*/*")
+    else:
+      pattern = os.path.join(output_dir, f"{split.path}-*.tfrecord")
+    splits[split.name] = {"pattern": pattern, "count": sizes[split.name],
+                          "tasks": list(split.tasks), "partial": split.partial}
+  metadata = {
+      "schema_version": schema_lib.SCHEMA_VERSION,
+      "categories": category_names(),
+      "num_classes": scene_lib.NUM_CLASSES,
+      "task_params": task_params(),
+      "image_size": [config.render.height, config.render.width],
+      "splits": splits,
+      "config": config_dict,
+      "scenes": total,
+      "seconds": round(seconds, 3),
+      "scenes_per_second": round(total / max(seconds, 1e-9), 1),
+  }
+  with open(os.path.join(output_dir, "world.json"), "w") as f:
+    json.dump(metadata, f, indent=2)
+  return metadata
+
+
+def load_metadata(world_dir: str) -> dict:
+  """Reads `world.json` of a written world, naming the path when it is missing."""
+  path = os.path.join(world_dir, "world.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: write the world first "
+                            "(python -m must.world.generate --output_dir ...)")
+  with open(path) as f:
+    return json.load(f)
