@@ -70,5 +70,9 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def content_id(data: bytes) -> str:
-  """A stable id of an image from its encoded bytes (hex SHA-1, 20 chars)."""
-  return hashlib.sha1(data).hexdigest()[:20]
+  """A stable id of an image from its encoded bytes: a decimal string < 2**60.
+
+  Decimal because Model Garden's detection evaluation parses
+  `image/source_id` as the int64 COCO image id.
+  """
+  return str(int(hashlib.sha1(data).hexdigest()[:15], 16))

@@ -82,7 +82,9 @@ class Schema:
       encoded: the image's file bytes when it already has them (kept as they
         are); otherwise `image` is encoded as `image_format`.
       image_format: 'jpeg' or 'png', the format of `encoded` or to encode in.
-      source_id: a stable id; defaults to a hash of the encoded bytes.
+      source_id: a stable id; defaults to a hash of the encoded bytes. Keep it
+        a decimal integer string: Model Garden's detection evaluation parses
+        it as the COCO image id.
       jpeg_quality: JPEG quality when encoding.
 
     Returns:

@@ -1,0 +1,673 @@
+"""The depth teacher: a Model Garden task and experiment for monocular depth.
+
+Model Garden has no depth task, so this module registers one in its style:
+typed configs (`DepthTaskConfig`), a `base_task.Task` registered with the task
+factory, and the `must_depth_teacher` experiment registered with the
+experiment factory, so `train_lib.run_experiment` trains it like a stock task.
+
+The network is built from Model Garden blocks only: a backbone (ResNet by
+default), a decoder (FPN by default) and a `SegmentationHead` with one output
+channel that fuses the pyramid levels at `head.level`, inside a
+`SegmentationModel`. Its output is relative inverse depth (MiDaS style: valid
+up to an unknown scale and shift), upsampled to the input size.
+
+Training uses the scale-and-shift-invariant loss of MiDaS (Ranftl et al.,
+"Towards Robust Monocular Depth Estimation", TPAMI 2020): per image, the
+least-squares scale and shift that align the prediction to the target inverse
+depth are solved in closed form, and the mean squared error of the aligned
+prediction is the loss (plus an optional multi-scale gradient matching term).
+Evaluation aligns the same way, converts to depth and reports AbsRel and
+delta < 1.25 over every valid pixel of the eval set.
+
+Targets come from records in the MuST schema (`must.schema`): metric depth
+(`kind == b"metric"`, the world's ground truth) becomes inverse depth 1/d;
+relative inverse depth (a teacher's pseudo label) is used as it is.
+
+The export hook (`TASK`, `EXPERIMENT`, `serve`) has the interface every
+teacher module shares.
+"""
+import dataclasses
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import tensorflow as tf
+
+import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
+import tf_keras
+from must import schema as schema_lib
+from official.common import dataset_fn as dataset_fn_lib
+from official.core import base_task
+from official.core import config_definitions as cfg
+from official.core import exp_factory
+from official.core import task_factory
+from official.modeling import hyperparams
+from official.modeling import optimization
+from official.vision.configs import backbones
+from official.vision.configs import common
+from official.vision.configs import decoders
+from official.vision.dataloaders import input_reader_factory
+from official.vision.dataloaders import parser as parser_lib
+from official.vision.modeling import segmentation_model
+from official.vision.modeling.backbones import factory as backbone_factory
+from official.vision.modeling.decoders import factory as decoder_factory
+from official.vision.modeling.heads import segmentation_heads
+from official.vision.ops import preprocess_ops
+
+TASK = "depth"
+EXPERIMENT = "must_depth_teacher"
+
+METRIC_KIND = b"metric"
+# Per-batch sums that validation_step returns and aggregate_logs accumulates.
+_SUM_KEYS = ("abs_rel_sum", "delta_1.25_sum", "num_pixels")
+
+
+# -- Configs -------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DepthHead(hyperparams.Config):
+  """The dense head (Model Garden `SegmentationHead` with one output channel).
+
+  Attributes:
+    level: pyramid level the head predicts at (2 = stride 4).
+    num_convs: 3x3 conv + norm + activation layers before the prediction.
+    num_filters: filters of those convs and of the feature fusion; a multiple
+      of 32 for 'panoptic_fpn_fusion' (it uses 32-group normalization).
+    feature_fusion: 'panoptic_fpn_fusion' (every decoder level is convolved,
+      upsampled to `level` and summed), 'pyramid_fusion' (levels are resized
+      to `level` and summed) or '' (only the decoder's `level`).
+    use_depthwise_convolution: depthwise-separable head convs.
+    prediction_kernel_size: kernel size of the final linear conv.
+    logit_activation: activation of the output ('' for none, e.g. 'relu').
+  """
+  level: int = 2
+  num_convs: int = 2
+  num_filters: int = 128
+  feature_fusion: str = "panoptic_fpn_fusion"
+  use_depthwise_convolution: bool = False
+  prediction_kernel_size: int = 1
+  logit_activation: str = ""
+
+
+@dataclasses.dataclass
+class DepthModel(hyperparams.Config):
+  """The depth network: backbone, decoder, dense head."""
+  input_size: List[Optional[int]] = dataclasses.field(default_factory=lambda: [None, None, 3])
+  min_level: int = 2
+  max_level: int = 5
+  backbone: backbones.Backbone = dataclasses.field(
+      default_factory=lambda: backbones.Backbone(type="resnet", resnet=backbones.ResNet()))
+  decoder: decoders.Decoder = dataclasses.field(
+      default_factory=lambda: decoders.Decoder(type="fpn", fpn=decoders.FPN()))
+  head: DepthHead = dataclasses.field(default_factory=DepthHead)
+  norm_activation: common.NormActivation = dataclasses.field(
+      default_factory=common.NormActivation)
+
+
+@dataclasses.dataclass
+class DepthDataConfig(cfg.DataConfig):
+  """Input of the depth task: TFRecords in the MuST schema.
+
+  Attributes:
+    output_size: [height, width] images and targets are resized to; empty
+      means the model's input size.
+    aug_rand_hflip: random horizontal flip of image and target (training).
+    file_type: 'tfrecord' or 'tfrecord_compressed'.
+    dtype: dtype of the images fed to the model ('float32', 'bfloat16', ...).
+  """
+  input_path: Union[Sequence[str], str, hyperparams.Config] = ""
+  global_batch_size: int = 0
+  is_training: bool = True
+  output_size: List[int] = dataclasses.field(default_factory=list)
+  aug_rand_hflip: bool = True
+  shuffle_buffer_size: int = 1000
+  drop_remainder: bool = True
+  file_type: str = "tfrecord"
+  dtype: str = "float32"
+
+
+@dataclasses.dataclass
+class DepthLosses(hyperparams.Config):
+  """Loss settings.
+
+  Attributes:
+    loss_weight: multiplies the whole task loss.
+    loss_type: 'mse' (squared error of the aligned prediction) or
+      'trimmed_mae' (absolute error, the largest `trim_fraction` of each
+      image's residuals left out).
+    trim_fraction: fraction of residuals 'trimmed_mae' leaves out.
+    l2_weight_decay: L2 regularization of the kernels (as in the stock tasks).
+    gradient_matching_weight: weight of the MiDaS multi-scale gradient
+      matching term (0 turns it off).
+    gradient_matching_scales: number of scales of that term.
+  """
+  loss_weight: float = 1.0
+  loss_type: str = "mse"
+  trim_fraction: float = 0.2
+  l2_weight_decay: float = 0.0
+  gradient_matching_weight: float = 0.0
+  gradient_matching_scales: int = 4
+
+
+@dataclasses.dataclass
+class DepthEvaluation(hyperparams.Config):
+  """Evaluation settings.
+
+  Attributes:
+    max_depth: predicted depth is capped here (after alignment); 0 caps each
+      image at its own largest ground-truth depth.
+  """
+  max_depth: float = 0.0
+
+
+@dataclasses.dataclass
+class DepthTaskConfig(cfg.TaskConfig):
+  """The depth task."""
+  model: DepthModel = dataclasses.field(default_factory=DepthModel)
+  train_data: DepthDataConfig = dataclasses.field(
+      default_factory=lambda: DepthDataConfig(is_training=True))
+  validation_data: DepthDataConfig = dataclasses.field(
+      default_factory=lambda: DepthDataConfig(is_training=False, aug_rand_hflip=False))
+  losses: DepthLosses = dataclasses.field(default_factory=DepthLosses)
+  evaluation: DepthEvaluation = dataclasses.field(default_factory=DepthEvaluation)
+  init_checkpoint: Optional[str] = None
+  init_checkpoint_modules: Union[str, List[str]] = "all"  # all, backbone and/or decoder
+
+
+# -- Alignment, loss, metrics (plain functions, reusable for evaluation) ---------
+
+
+def _masked_mean(x: tf.Tensor, mask: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+  return tf.reduce_sum(x * mask, axis=[-2, -1], keepdims=True) / tf.maximum(count, 1.0)
+
+
+def align_scale_shift(pred: tf.Tensor, target: tf.Tensor,
+                      valid: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """Least-squares scale and shift that align `pred` to `target` per image.
+
+  Solves min_{s,t} sum_valid (s * pred + t - target)^2 in closed form over the
+  last two (spatial) axes. A prediction that is constant over the valid pixels
+  gets scale 0 and the target's mean as shift; an image without valid pixels
+  gets scale 0 and shift 0.
+
+  Args:
+    pred: float [..., H, W] prediction (e.g. relative inverse depth).
+    target: float [..., H, W]; values at invalid pixels are ignored (may be
+      NaN or inf).
+    valid: bool [..., H, W].
+
+  Returns:
+    (aligned [..., H, W] = scale * pred + shift, scale [...], shift [...]).
+  """
+  pred = tf.convert_to_tensor(pred, tf.float32)
+  target = tf.convert_to_tensor(target, tf.float32)
+  valid = tf.convert_to_tensor(valid, tf.bool)
+  mask = tf.cast(valid, tf.float32)
+  pred_v = tf.where(valid, pred, 0.0)
+  target_v = tf.where(valid, target, 0.0)
+  count = tf.reduce_sum(mask, axis=[-2, -1], keepdims=True)
+  # Centred sums: the normal equations' determinant cancels badly in float32.
+  pred_mean = _masked_mean(pred_v, mask, count)
+  target_mean = _masked_mean(target_v, mask, count)
+  pred_c = (pred_v - pred_mean) * mask
+  target_c = (target_v - target_mean) * mask
+  variance = tf.reduce_sum(pred_c * pred_c, axis=[-2, -1], keepdims=True)
+  covariance = tf.reduce_sum(pred_c * target_c, axis=[-2, -1], keepdims=True)
+  scale = tf.math.divide_no_nan(covariance, variance)
+  shift = target_mean - scale * pred_mean
+  aligned = scale * pred + shift
+  return aligned, scale[..., 0, 0], shift[..., 0, 0]
+
+
+def _standardize(target: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+  """Zero mean, unit std over valid pixels per image (0 where invalid)."""
+  mask = tf.cast(valid, tf.float32)
+  target = tf.where(valid, target, 0.0)
+  count = tf.reduce_sum(mask, axis=[-2, -1], keepdims=True)
+  mean = _masked_mean(target, mask, count)
+  centred = (target - mean) * mask
+  std = tf.sqrt(_masked_mean(centred * centred, mask, count))
+  return tf.math.divide_no_nan(centred, std)
+
+
+def _gradient_matching(residual: tf.Tensor, mask: tf.Tensor, scales: int) -> tf.Tensor:
+  """MiDaS multi-scale gradient matching term of the residual, per image [B]."""
+  total = tf.zeros(tf.shape(residual)[:1])
+  for scale in range(scales):
+    step = 2**scale
+    r = residual[:, ::step, ::step]
+    m = mask[:, ::step, ::step]
+    grad_x = tf.abs(r[:, :, 1:] - r[:, :, :-1]) * m[:, :, 1:] * m[:, :, :-1]
+    grad_y = tf.abs(r[:, 1:, :] - r[:, :-1, :]) * m[:, 1:, :] * m[:, :-1, :]
+    count = tf.maximum(tf.reduce_sum(m, axis=[1, 2]), 1.0)
+    total += (tf.reduce_sum(grad_x, axis=[1, 2]) + tf.reduce_sum(grad_y, axis=[1, 2])) / count
+  return total
+
+
+def _trimmed_mean_abs(residual: tf.Tensor, valid: tf.Tensor, trim_fraction: float) -> tf.Tensor:
+  """Per image [B]: mean |residual| over valid pixels, largest fraction left out."""
+  flat_abs = tf.reshape(tf.where(valid, tf.abs(residual), np.inf), [tf.shape(residual)[0], -1])
+  ascending = tf.sort(flat_abs, axis=1)
+  count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=[1, 2])
+  keep = tf.math.ceil(count * (1.0 - trim_fraction))
+  kept = tf.cast(tf.range(tf.shape(ascending)[1]), tf.float32)[None, :] < keep[:, None]
+  return tf.math.divide_no_nan(tf.reduce_sum(tf.where(kept, ascending, 0.0), axis=1), keep)
+
+
+def scale_shift_invariant_loss(pred: tf.Tensor, target: tf.Tensor, valid: tf.Tensor,
+                               gradient_matching_weight: float = 0.0,
+                               gradient_matching_scales: int = 4,
+                               loss_type: str = "mse",
+                               trim_fraction: float = 0.2) -> tf.Tensor:
+  """Scale-and-shift-invariant loss (MiDaS), averaged over the batch.
+
+  Each target is standardized over its valid pixels (so every image weighs
+  the same whatever its depth range; the 'mse' loss is then 1 - R^2 of the
+  least-squares fit), the prediction is aligned to it with
+  `align_scale_shift`, and the error over valid pixels is the image's loss.
+  Images without valid pixels contribute 0.
+
+  Args:
+    pred: float [B, H, W] predicted relative inverse depth.
+    target: float [B, H, W] target inverse depth.
+    valid: bool [B, H, W].
+    gradient_matching_weight: weight of the multi-scale gradient matching term.
+    gradient_matching_scales: its number of scales.
+    loss_type: 'mse' or 'trimmed_mae' (mean absolute error of the residuals
+      but the largest `trim_fraction` of them, per image).
+    trim_fraction: see `loss_type`.
+
+  Returns:
+    Scalar loss: the mean over the B images (per replica).
+  """
+  if loss_type not in ("mse", "trimmed_mae"):
+    raise ValueError(f"unknown depth loss_type {loss_type!r}; valid: mse, trimmed_mae")
+  valid = tf.convert_to_tensor(valid, tf.bool)
+  mask = tf.cast(valid, tf.float32)
+  target = _standardize(tf.convert_to_tensor(target, tf.float32), valid)
+  aligned, _, _ = align_scale_shift(pred, target, valid)
+  residual = tf.where(valid, aligned - target, 0.0)
+  if loss_type == "mse":
+    count = tf.maximum(tf.reduce_sum(mask, axis=[1, 2]), 1.0)
+    per_image = tf.reduce_sum(residual * residual, axis=[1, 2]) / count
+  else:
+    per_image = _trimmed_mean_abs(residual, valid, trim_fraction)
+  if gradient_matching_weight:
+    per_image += gradient_matching_weight * _gradient_matching(
+        residual, mask, gradient_matching_scales)
+  return tf.reduce_mean(per_image)
+
+
+def depth_metrics(pred_inverse: tf.Tensor, target_depth: tf.Tensor, valid: tf.Tensor,
+                  max_depth: float = 0.0) -> dict[str, tf.Tensor]:
+  """AbsRel and delta < 1.25 of a relative inverse depth prediction.
+
+  Per image, the prediction is aligned to the target inverse depth 1/d by
+  least squares over the valid pixels, clipped below at 1/max_depth and
+  inverted to depth. Pixels with non-positive or non-finite target depth are
+  not valid.
+
+  Args:
+    pred_inverse: float [B, H, W] predicted relative inverse depth.
+    target_depth: float [B, H, W] metric ground-truth depth.
+    valid: bool [B, H, W].
+    max_depth: cap of the predicted depth; 0 caps each image at its own largest
+      valid ground-truth depth.
+
+  Returns:
+    Sums over the batch, to accumulate over a data set: 'abs_rel_sum' (of
+    |d_pred - d_gt| / d_gt), 'delta_1.25_sum' (pixels with
+    max(d_pred / d_gt, d_gt / d_pred) < 1.25), 'num_pixels'; and this batch's
+    'abs_rel' and 'delta_1.25' (sum / num_pixels, 0 without valid pixels).
+  """
+  target_depth = tf.convert_to_tensor(target_depth, tf.float32)
+  valid = (tf.convert_to_tensor(valid, tf.bool) & tf.math.is_finite(target_depth)
+           & (target_depth > 0))
+  safe_depth = tf.where(valid, target_depth, 1.0)
+  aligned, _, _ = align_scale_shift(pred_inverse, 1.0 / safe_depth, valid)
+  if max_depth > 0:
+    min_inverse = tf.constant(1.0 / max_depth, tf.float32)
+  else:
+    farthest = tf.reduce_max(tf.where(valid, target_depth, 0.0), axis=[-2, -1], keepdims=True)
+    min_inverse = 1.0 / tf.maximum(farthest, 1e-6)
+  pred_depth = 1.0 / tf.maximum(aligned, min_inverse)
+  mask = tf.cast(valid, tf.float32)
+  abs_rel = tf.abs(pred_depth - safe_depth) / safe_depth
+  ratio = tf.maximum(pred_depth / safe_depth, safe_depth / pred_depth)
+  sums = {
+      "abs_rel_sum": tf.reduce_sum(abs_rel * mask),
+      "delta_1.25_sum": tf.reduce_sum(tf.cast(ratio < 1.25, tf.float32) * mask),
+      "num_pixels": tf.reduce_sum(mask),
+  }
+  sums["abs_rel"] = tf.math.divide_no_nan(sums["abs_rel_sum"], sums["num_pixels"])
+  sums["delta_1.25"] = tf.math.divide_no_nan(sums["delta_1.25_sum"], sums["num_pixels"])
+  return sums
+
+
+# -- Model ---------------------------------------------------------------------
+
+
+def build_depth_model(input_specs: tf_keras.layers.InputSpec, model_config: DepthModel,
+                      l2_regularizer: Optional[tf_keras.regularizers.Regularizer] = None
+                      ) -> tf_keras.Model:
+  """Backbone + decoder + one-channel fused dense head, as a SegmentationModel.
+
+  The model maps normalized images [B, H, W, 3] to {'logits': [B, H / 2**level,
+  W / 2**level, 1]}; `outputs_to_inverse_depth` upsamples that to [B, H, W].
+  """
+  head_config = model_config.head
+  if not model_config.min_level <= head_config.level <= model_config.max_level:
+    raise ValueError(f"head.level {head_config.level} must be within "
+                     f"[min_level, max_level] = [{model_config.min_level}, "
+                     f"{model_config.max_level}]")
+  norm_activation = model_config.norm_activation
+  backbone = backbone_factory.build_backbone(
+      input_specs=input_specs, backbone_config=model_config.backbone,
+      norm_activation_config=norm_activation, l2_regularizer=l2_regularizer)
+  decoder = decoder_factory.build_decoder(
+      input_specs=backbone.output_specs, model_config=model_config,
+      l2_regularizer=l2_regularizer)
+  decoder_filters = getattr(model_config.decoder.get(), "num_filters", 256)
+  head = segmentation_heads.SegmentationHead(
+      num_classes=1,
+      level=head_config.level,
+      num_convs=head_config.num_convs,
+      num_filters=head_config.num_filters,
+      use_depthwise_convolution=head_config.use_depthwise_convolution,
+      prediction_kernel_size=head_config.prediction_kernel_size,
+      feature_fusion=head_config.feature_fusion or None,
+      decoder_min_level=model_config.min_level,
+      decoder_max_level=model_config.max_level,
+      num_decoder_filters=decoder_filters,
+      activation=norm_activation.activation,
+      logit_activation=head_config.logit_activation or None,
+      use_sync_bn=norm_activation.use_sync_bn,
+      norm_momentum=norm_activation.norm_momentum,
+      norm_epsilon=norm_activation.norm_epsilon,
+      kernel_regularizer=l2_regularizer)
+  return segmentation_model.SegmentationModel(backbone, decoder, head)
+
+
+def outputs_to_inverse_depth(outputs: Union[Mapping[str, tf.Tensor], tf.Tensor],
+                             size: Any) -> tf.Tensor:
+  """Model outputs -> float32 [B, H, W] relative inverse depth, resized to `size`."""
+  logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs
+  logits = tf.image.resize(tf.cast(logits, tf.float32), size, method="bilinear")
+  return logits[..., 0]
+
+
+def normalize_images(images: tf.Tensor) -> tf.Tensor:
+  """uint8 [..., H, W, 3] -> float32 normalized like Model Garden's vision tasks."""
+  return preprocess_ops.normalize_image(
+      images, [m / 255.0 for m in preprocess_ops.MEAN_RGB],
+      [s / 255.0 for s in preprocess_ops.STDDEV_RGB])
+
+
+# -- Input ---------------------------------------------------------------------
+
+
+class Parser(parser_lib.Parser):
+  """Decoded MuST example -> (normalized image, {'depth', 'valid', 'metric'}).
+
+  'depth' is the target inverse depth [H, W] (1/d of metric depth, or the
+  relative inverse depth as stored), 'valid' the pixels that have one, and
+  'metric' whether the record held metric depth (only those have a true
+  depth for AbsRel / delta).
+  """
+
+  def __init__(self, output_size: Sequence[int], aug_rand_hflip: bool = False,
+               dtype: str = "float32"):
+    self._output_size = list(output_size)
+    self._aug_rand_hflip = aug_rand_hflip
+    self._dtype = dtype
+
+  def _prepare(self, data):
+    label = data[TASK]
+    depth = tf.cast(label["depth"], tf.float32)
+    valid = label["valid"] & label["present"] & tf.math.is_finite(depth)
+    metric = tf.equal(label["kind"], METRIC_KIND)
+    positive = valid & (depth > 0)
+    inverse = tf.where(metric, tf.where(positive, 1.0 / tf.where(positive, depth, 1.0), 0.0),
+                       tf.where(valid, depth, 0.0))
+    valid = tf.where(metric, positive, valid)
+    image = tf.image.resize(normalize_images(data["image"]), self._output_size,
+                            method="bilinear")
+    dense = tf.stack([inverse, tf.cast(valid, tf.float32)], axis=0)[..., None]
+    dense = tf.image.resize(dense, self._output_size, method="nearest")[..., 0]
+    return image, dense, metric
+
+  def _labels(self, image, dense, metric):
+    image = tf.cast(image, self._dtype)
+    return image, {"depth": dense[0], "valid": dense[1] > 0.5, "metric": metric}
+
+  def _parse_train_data(self, decoded_tensors):
+    image, dense, metric = self._prepare(decoded_tensors)
+    if self._aug_rand_hflip:
+      # dense is [2, H, W]: flipped along its last axis like the image's width.
+      image, _, dense = preprocess_ops.random_horizontal_flip(image, masks=dense)
+    return self._labels(image, dense, metric)
+
+  def _parse_eval_data(self, decoded_tensors):
+    return self._labels(*self._prepare(decoded_tensors))
+
+
+# -- Task ------------------------------------------------------------------------
+
+
+@task_factory.register_task_cls(DepthTaskConfig)
+class DepthTask(base_task.Task):
+  """Monocular relative depth (MiDaS-style scale-and-shift-invariant training)."""
+
+  def build_model(self) -> tf_keras.Model:
+    model_config = self.task_config.model
+    input_specs = tf_keras.layers.InputSpec(shape=[None] + list(model_config.input_size))
+    l2_weight_decay = self.task_config.losses.l2_weight_decay
+    # Halved to match tf.nn.l2_loss, as the stock vision tasks do.
+    l2_regularizer = (tf_keras.regularizers.l2(l2_weight_decay / 2.0)
+                      if l2_weight_decay else None)
+    height, width = model_config.input_size[:2]
+    stride = 2**model_config.max_level
+    if (height and height % stride) or (width and width % stride):
+      raise ValueError(f"model.input_size {model_config.input_size[:2]} must be divisible "
+                       f"by 2**max_level = {stride}")
+    model = build_depth_model(input_specs, model_config, l2_regularizer)
+    _ = model(tf_keras.Input(model_config.input_size), training=False)
+    return model
+
+  def initialize(self, model: tf_keras.Model):
+    """Loads `init_checkpoint` into all of the model or the named modules."""
+    if not self.task_config.init_checkpoint:
+      return
+    ckpt_dir_or_file = self.task_config.init_checkpoint
+    if tf.io.gfile.isdir(ckpt_dir_or_file):
+      ckpt_dir_or_file = tf.train.latest_checkpoint(ckpt_dir_or_file)
+    modules = self.task_config.init_checkpoint_modules
+    modules = [modules] if isinstance(modules, str) else list(modules)
+    if "all" in modules:
+      items = dict(model.checkpoint_items)
+    else:
+      items = {name: getattr(model, name) for name in ("backbone", "decoder")
+               if name in modules}
+    status = tf.train.Checkpoint(**items).read(ckpt_dir_or_file)
+    status.expect_partial().assert_existing_objects_matched()
+
+  def build_inputs(self, params: DepthDataConfig,
+                   input_context: Optional[tf.distribute.InputContext] = None
+                   ) -> tf.data.Dataset:
+    """Batches of (images [B, H, W, 3], {'depth', 'valid', 'metric'})."""
+    output_size = list(params.output_size) or list(self.task_config.model.input_size[:2])
+    if len(output_size) != 2 or not all(output_size):
+      raise ValueError("set the data's output_size or a fixed model.input_size; "
+                       f"got output_size={params.output_size}, "
+                       f"input_size={self.task_config.model.input_size}")
+    decoder = schema_lib.Schema({TASK: {}})
+    parser = Parser(output_size, aug_rand_hflip=params.aug_rand_hflip, dtype=params.dtype)
+    reader = input_reader_factory.input_reader_generator(
+        params,
+        dataset_fn=dataset_fn_lib.pick_dataset_fn(params.file_type),
+        decoder_fn=decoder.decode,
+        parser_fn=parser.parse_fn(params.is_training))
+    return reader.read(input_context=input_context)
+
+  def build_losses(self, labels: Mapping[str, tf.Tensor], model_outputs: Any,
+                   aux_losses: Optional[Any] = None) -> tf.Tensor:
+    """The weighted scale-and-shift-invariant loss (+ regularization losses).
+
+    Args:
+      labels: {'depth': [B, H, W], 'valid': [B, H, W], ...}.
+      model_outputs: the model's outputs ({'logits': [B, h, w, 1]}) or the
+        prediction already at label size [B, H, W].
+      aux_losses: the model's regularization losses.
+
+    Returns:
+      Per-replica scalar loss (train_step divides it by the replica count).
+    """
+    losses = self.task_config.losses
+    pred = model_outputs
+    if isinstance(model_outputs, Mapping) or model_outputs.shape.rank == 4:
+      pred = outputs_to_inverse_depth(model_outputs, tf.shape(labels["depth"])[1:3])
+    total = scale_shift_invariant_loss(
+        pred, labels["depth"], labels["valid"],
+        gradient_matching_weight=losses.gradient_matching_weight,
+        gradient_matching_scales=losses.gradient_matching_scales,
+        loss_type=losses.loss_type, trim_fraction=losses.trim_fraction)
+    if aux_losses:
+      total += tf.add_n(aux_losses)
+    return losses.loss_weight * total
+
+  def build_metrics(self, training: bool = True):
+    # AbsRel / delta are accumulated as sums in aggregate_logs, not as Keras metrics.
+    return []
+
+  def train_step(self, inputs, model: tf_keras.Model, optimizer, metrics=None):
+    """One optimizer step; returns {'loss': per-replica loss}."""
+    features, labels = inputs
+    num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    with tf.GradientTape() as tape:
+      outputs = model(features, training=True)
+      loss = self.build_losses(labels, outputs, aux_losses=model.losses)
+      # Gradients are summed over replicas, so each replica's loss is scaled down.
+      scaled_loss = loss / num_replicas
+      if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+        scaled_loss = optimizer.get_scaled_loss(scaled_loss)
+    tvars = model.trainable_variables
+    grads = tape.gradient(scaled_loss, tvars)
+    if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+      grads = optimizer.get_unscaled_gradients(grads)
+    optimizer.apply_gradients(list(zip(grads, tvars)))
+    return {self.loss: loss}
+
+  def validation_step(self, inputs, model: tf_keras.Model, metrics=None):
+    """Loss and the batch's metric sums (metric-depth records only)."""
+    features, labels = inputs
+    outputs = self.inference_step(features, model)
+    pred = outputs_to_inverse_depth(outputs, tf.shape(labels["depth"])[1:3])
+    loss = self.build_losses(labels, pred, aux_losses=model.losses)
+    valid = labels["valid"] & labels["metric"][:, None, None]
+    target_depth = tf.math.divide_no_nan(1.0, labels["depth"])
+    sums = depth_metrics(pred, target_depth, valid,
+                         max_depth=self.task_config.evaluation.max_depth)
+    logs = {self.loss: loss}
+    logs.update({key: sums[key] for key in _SUM_KEYS})
+    return logs
+
+  def inference_step(self, inputs, model: tf_keras.Model):
+    return model(inputs, training=False)
+
+  def aggregate_logs(self, state=None, step_outputs=None):
+    """Accumulates the metric sums over the whole eval set (float64)."""
+    if state is None:
+      state = {key: 0.0 for key in _SUM_KEYS}
+    for key in _SUM_KEYS:
+      # One value per local replica.
+      state[key] += float(sum(np.sum(np.asarray(v, np.float64))
+                              for v in tf.nest.flatten(step_outputs[key])))
+    return state
+
+  def reduce_aggregated_logs(self, aggregated_logs, global_step=None):
+    """{'abs_rel', 'delta_1.25'} over every valid metric-depth pixel seen."""
+    pixels = aggregated_logs["num_pixels"]
+    if not pixels:
+      return {"abs_rel": np.float32(np.nan), "delta_1.25": np.float32(np.nan)}
+    return {"abs_rel": np.float32(aggregated_logs["abs_rel_sum"] / pixels),
+            "delta_1.25": np.float32(aggregated_logs["delta_1.25_sum"] / pixels)}
+
+
+# -- Experiments -----------------------------------------------------------------
+
+WORLD_IMAGE_SIZE = 96      # the procedural world's images
+WORLD_TRAIN_EXAMPLES = 2000
+
+
+@exp_factory.register_config_factory(EXPERIMENT)
+def must_depth_teacher() -> cfg.ExperimentConfig:
+  """The CPU-sized depth teacher on the procedural world (96 x 96 images).
+
+  ResNet-18 at a quarter of its width, a 64-filter FPN on levels 2..5 and a
+  fused level-2 head; input paths are left empty (set them in the YAML file or
+  with --params_override).
+  """
+  size = WORLD_IMAGE_SIZE
+  batch_size = 32
+  train_steps = 2000
+  return cfg.ExperimentConfig(
+      task=DepthTaskConfig(
+          model=DepthModel(
+              input_size=[size, size, 3],
+              min_level=2,
+              max_level=5,
+              backbone=backbones.Backbone(
+                  type="resnet", resnet=backbones.ResNet(model_id=18, depth_multiplier=0.25)),
+              decoder=decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=64)),
+              head=DepthHead(level=2, num_convs=2, num_filters=64,
+                             feature_fusion="panoptic_fpn_fusion"),
+              norm_activation=common.NormActivation(use_sync_bn=False)),
+          losses=DepthLosses(l2_weight_decay=1e-5),
+          train_data=DepthDataConfig(is_training=True, global_batch_size=batch_size,
+                                     output_size=[size, size], aug_rand_hflip=True),
+          validation_data=DepthDataConfig(is_training=False, global_batch_size=batch_size,
+                                          output_size=[size, size], aug_rand_hflip=False,
+                                          drop_remainder=False)),
+      trainer=cfg.TrainerConfig(
+          train_steps=train_steps,
+          steps_per_loop=100,
+          summary_interval=100,
+          checkpoint_interval=500,
+          max_to_keep=3,
+          validation_interval=500,
+          validation_steps=-1,
+          best_checkpoint_export_subdir="best_ckpt",
+          best_checkpoint_eval_metric="delta_1.25",
+          best_checkpoint_metric_comp="higher",
+          optimizer_config=optimization.OptimizationConfig({
+              "optimizer": {"type": "adam", "adam": {}},
+              "learning_rate": {"type": "cosine", "cosine": {
+                  "initial_learning_rate": 2e-3, "decay_steps": train_steps}},
+              "warmup": {"type": "linear", "linear": {"warmup_steps": 100}},
+          })),
+      restrictions=[
+          "task.train_data.is_training != None",
+          "task.validation_data.is_training != None",
+      ])
+
+
+# -- Export hook -----------------------------------------------------------------
+
+
+def serve(model: tf_keras.Model, images: tf.Tensor, params: cfg.ExperimentConfig
+          ) -> dict[str, tf.Tensor]:
+  """Runs the teacher on raw images, for export and pseudo-labeling.
+
+  Args:
+    model: the model built by `DepthTask.build_model` (trained weights).
+    images: uint8 [B, H, W, 3] at the experiment's input size.
+    params: the experiment config (its validation data dtype is the model's
+      input dtype).
+
+  Returns:
+    {'depth': float32 [B, H, W] relative inverse depth (valid up to scale and
+    shift; larger is nearer)}.
+  """
+  inputs = tf.cast(normalize_images(images), params.task.validation_data.dtype)
+  outputs = model(inputs, training=False)
+  return {"depth": outputs_to_inverse_depth(outputs, tf.shape(images)[1:3])}

@@ -1,0 +1,208 @@
+"""Exports teachers as SavedModels with one uniform serving signature.
+
+  python -m teachers.export --model_dir out/teachers/detection \
+      --export_dir out/teachers/detection/export [--world_dir out/world] [--version 3]
+
+  python -m teachers.export --model_garden_export_dir exported/retinanet \
+      --export_dir out/teachers/retinanet     # adapt a Model Garden export
+
+Signature `serving_default`: `images`, uint8 [batch, H, W, 3] at the teacher's
+input size, in; the task's raw outputs out:
+
+  classification  probs [B, C]
+  detection       boxes [B, N, 4] (normalized ymin, xmin, ymax, xmax), scores
+                  [B, N], classes [B, N] int32, num_detections [B] int32
+  segmentation    probs [B, H, W, C]
+  depth           depth [B, H, W] (relative inverse depth)
+
+Next to the SavedModel, `teacher.json` says what it is: task, class names,
+input size, the training batch size and learning rate (the student's loss
+weights use them), version and experiment.
+
+A SavedModel exported by Model Garden's own tool (`export_saved_model`, input
+type `image_tensor`) for a stock classification, RetinaNet or segmentation
+model becomes a teacher through `adapt_model_garden_export`: it wraps the
+export's `serving_default` signature and maps its outputs, no retraining.
+"""
+import json
+import os
+
+from absl import app
+from absl import flags
+import tensorflow as tf
+
+import teachers
+from official.core import exp_factory
+from official.core import task_factory
+from official.modeling import hyperparams
+
+METADATA_FILE = "teacher.json"
+SIGNATURE = "serving_default"
+
+
+class TeacherModule(tf.Module):
+  """A teacher's model (or a loaded Model Garden export) behind the uniform signature."""
+
+  def __init__(self, serve_fn, input_size: list[int], trackable):
+    super().__init__()
+    self._serve_fn = serve_fn
+    self.inner = trackable  # Saved with the module: the model's variables.
+    self.serve = tf.function(
+        self._serve, input_signature=[tf.TensorSpec([None, *input_size, 3], tf.uint8,
+                                                    name="images")])
+
+  def _serve(self, images):
+    return self._serve_fn(images)
+
+
+def _serve_fn(teacher, params, model, input_size):
+  if hasattr(teacher, "model_garden_module"):
+    module = teacher.model_garden_module(params, model, input_size)
+    return lambda images: teacher.outputs_from_model_garden(module.serve(images), images, params)
+  return lambda images: teacher.serve(model, images, params)
+
+
+def _learning_rate(params) -> float:
+  schedule = params.trainer.optimizer_config.learning_rate
+  config = schedule.get()
+  for key in ("initial_learning_rate", "learning_rate"):
+    if config is not None and hasattr(config, key):
+      return float(getattr(config, key))
+  if schedule.type == "stepwise":
+    return float(config.values[0])
+  raise ValueError(f"cannot read the initial learning rate of schedule {schedule.type!r}")
+
+
+def _write_metadata(export_dir: str, teacher, params, version: str, class_names,
+                    source: str) -> dict:
+  input_size = list(params.task.model.input_size[:2])
+  metadata = {
+      "task": teacher.TASK,
+      "experiment": teacher.EXPERIMENT,
+      "version": version,
+      "input_size": input_size,
+      "num_classes": getattr(params.task.model, "num_classes", None),
+      "class_names": class_names,
+      "train_batch_size": params.task.train_data.global_batch_size,
+      "train_learning_rate": _learning_rate(params),
+      "source": source,
+  }
+  with tf.io.gfile.GFile(os.path.join(export_dir, METADATA_FILE), "w") as f:
+    json.dump(metadata, f, indent=2)
+  return metadata
+
+
+def _class_names(world_dir: str | None, num_classes: int | None):
+  if world_dir:
+    from must.world import writer  # pylint: disable=g-import-not-at-top
+    return writer.load_metadata(world_dir)["categories"]
+  return [f"class_{i}" for i in range(num_classes)] if num_classes else None
+
+
+def latest_checkpoint(model_dir: str, checkpoint_path: str | None = None) -> str:
+  """The checkpoint to export, naming what is missing when there is none."""
+  if checkpoint_path:
+    if not tf.io.gfile.glob(checkpoint_path + ".index"):
+      raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist "
+                              f"(no {checkpoint_path}.index)")
+    return checkpoint_path
+  checkpoint = tf.train.latest_checkpoint(model_dir)
+  if checkpoint is None:
+    raise FileNotFoundError(f"no checkpoint in {model_dir}: train the teacher first "
+                            "(python -m teachers.train ... --model_dir DIR)")
+  return checkpoint
+
+
+def load_params(model_dir: str):
+  """The experiment config saved as params.yaml in a teacher's model or export dir.
+
+  The file's keys decide which teacher experiment it is: the first whose
+  config takes every key.
+  """
+  path = os.path.join(model_dir, "params.yaml")
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: not a teacher model dir or "
+                            "Model Garden export")
+  saved = hyperparams.read_yaml_to_params_dict(path).as_dict()
+  for name in teachers.experiments():
+    params = exp_factory.get_exp_config(name)
+    try:
+      params.override(saved, is_strict=True)
+    except (KeyError, ValueError, TypeError, AttributeError):
+      continue
+    return params
+  raise ValueError(f"{path} is not the config of any teacher experiment "
+                   f"{teachers.experiments()}")
+
+
+def export_teacher(model_dir: str, export_dir: str, *, checkpoint_path: str | None = None,
+                   version: str | None = None, world_dir: str | None = None) -> dict:
+  """Exports the trained teacher in `model_dir`; returns its metadata."""
+  params = load_params(model_dir)
+  teacher = teachers.for_params(params)
+  checkpoint = latest_checkpoint(model_dir, checkpoint_path)
+  task = task_factory.get_task(params.task, logging_dir=None)
+  model = task.build_model()
+  tf.train.Checkpoint(model=model).read(checkpoint).expect_partial()
+  input_size = list(params.task.model.input_size[:2])
+  module = TeacherModule(_serve_fn(teacher, params, model, input_size), input_size, model)
+  tf.saved_model.save(module, export_dir, signatures={SIGNATURE: module.serve})
+  step = checkpoint.rsplit("-", 1)[-1]
+  return _write_metadata(export_dir, teacher, params, version or f"step{step}",
+                         _class_names(world_dir, getattr(params.task.model, "num_classes", None)),
+                         source=os.path.abspath(checkpoint))
+
+
+def adapt_model_garden_export(model_garden_export_dir: str, export_dir: str, *,
+                              version: str = "model_garden", world_dir: str | None = None) -> dict:
+  """Wraps a Model Garden SavedModel (image_tensor input) as a teacher."""
+  params = load_params(model_garden_export_dir)
+  teacher = teachers.for_params(params)
+  if not hasattr(teacher, "outputs_from_model_garden"):
+    raise ValueError(f"Model Garden has no {teacher.TASK} export to adapt")
+  saved_model_dir = model_garden_export_dir
+  if tf.io.gfile.exists(os.path.join(model_garden_export_dir, "saved_model", "saved_model.pb")):
+    saved_model_dir = os.path.join(model_garden_export_dir, "saved_model")
+  loaded = tf.saved_model.load(saved_model_dir)
+  signature = loaded.signatures[SIGNATURE]
+  input_name = next(iter(signature.structured_input_signature[1]))
+  input_size = list(params.task.model.input_size[:2])
+
+  def serve(images):
+    outputs = signature(**{input_name: images})
+    return teacher.outputs_from_model_garden(outputs, images, params)
+
+  module = TeacherModule(serve, input_size, loaded)
+  tf.saved_model.save(module, export_dir, signatures={SIGNATURE: module.serve})
+  return _write_metadata(export_dir, teacher, params, version,
+                         _class_names(world_dir, getattr(params.task.model, "num_classes", None)),
+                         source=os.path.abspath(model_garden_export_dir))
+
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "A trained teacher's model dir.")
+_MG_EXPORT_DIR = flags.DEFINE_string(
+    "model_garden_export_dir", None, "A Model Garden export to adapt instead.")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Where to write the teacher.",
+                                  required=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint_path", None, "Default: latest in --model_dir.")
+_VERSION = flags.DEFINE_string("version", None, "Teacher version; default step<N>.")
+_WORLD_DIR = flags.DEFINE_string("world_dir", None, "Takes class names from its world.json.")
+
+
+def main(argv):
+  del argv
+  if bool(_MODEL_DIR.value) == bool(_MG_EXPORT_DIR.value):
+    raise app.UsageError("give exactly one of --model_dir and --model_garden_export_dir")
+  if _MODEL_DIR.value:
+    metadata = export_teacher(_MODEL_DIR.value, _EXPORT_DIR.value,
+                              checkpoint_path=_CHECKPOINT.value, version=_VERSION.value,
+                              world_dir=_WORLD_DIR.value)
+  else:
+    metadata = adapt_model_garden_export(_MG_EXPORT_DIR.value, _EXPORT_DIR.value,
+                                         version=_VERSION.value or "model_garden",
+                                         world_dir=_WORLD_DIR.value)
+  print(json.dumps(metadata, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)

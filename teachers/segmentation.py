@@ -1,0 +1,59 @@
+"""Segmentation teacher: Model Garden's semantic segmentation task (ResNet-FPN).
+
+Trained on the world's segmentation split (ignore label 255); serves per-pixel
+class probabilities at the input size.
+"""
+import tensorflow as tf
+
+from official.core import config_definitions as cfg
+from official.core import exp_factory
+from official.vision.configs import decoders
+from official.vision.configs import semantic_segmentation as seg_cfg
+from official.vision.serving import semantic_segmentation as seg_serving
+from teachers import common
+
+TASK = "segmentation"
+EXPERIMENT = "must_segmentation_teacher"
+TASK_CONFIG = seg_cfg.SemanticSegmentationTask
+
+
+@exp_factory.register_config_factory(EXPERIMENT)
+def experiment() -> cfg.ExperimentConfig:
+  """CPU-sized ResNet-FPN segmenter: a 3-conv head on P2, 96x96."""
+  size = common.IMAGE_SIZE
+  return cfg.ExperimentConfig(
+      task=seg_cfg.SemanticSegmentationTask(
+          model=seg_cfg.SemanticSegmentationModel(
+              num_classes=common.NUM_CLASSES, input_size=[size, size, 3],
+              min_level=2, max_level=5,
+              backbone=common.small_resnet(),
+              decoder=decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=64)),
+              # The FPN's P2 already carries every coarser level top-down. (Model
+              # Garden 2.20's factory does not pass decoder levels to the head,
+              # so its 'panoptic_fpn_fusion' cannot be used from a config.)
+              head=seg_cfg.SegmentationHead(level=2, num_convs=3, num_filters=64),
+              norm_activation=common.norm_activation()),
+          losses=seg_cfg.Losses(l2_weight_decay=1e-5, ignore_label=255),
+          allow_image_summary=False,
+          train_data=seg_cfg.DataConfig(
+              is_training=True, global_batch_size=32, output_size=[size, size],
+              shuffle_buffer_size=2000, aug_scale_min=0.8, aug_scale_max=1.2),
+          validation_data=seg_cfg.DataConfig(
+              is_training=False, global_batch_size=32, output_size=[size, size],
+              resize_eval_groundtruth=True, drop_remainder=False)),
+      trainer=common.trainer(train_steps=1500, learning_rate=2e-3),
+      restrictions=common.RESTRICTIONS)
+
+
+def outputs_from_model_garden(outputs: dict[str, tf.Tensor], images: tf.Tensor,
+                              params: cfg.ExperimentConfig) -> dict[str, tf.Tensor]:
+  """Model Garden segmentation logits -> {'probs': [B, H, W, C]} at the image size."""
+  del params
+  logits = tf.image.resize(tf.cast(outputs["logits"], tf.float32), tf.shape(images)[1:3])
+  return {"probs": tf.nn.softmax(logits, axis=-1)}
+
+
+def model_garden_module(params: cfg.ExperimentConfig, model, input_size: list[int]):
+  """Model Garden's own serving module for this model."""
+  return seg_serving.SegmentationModule(params, model=model, batch_size=None,
+                                        input_image_size=input_size)

@@ -1,0 +1,18 @@
+"""Fixtures shared across the test tree."""
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_WORLD_CONFIG = str(REPO / "configs/world/tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> str:
+  """A tiny procedural world (64x64 scenes, a few per split), written once per run."""
+  from must import configs  # pylint: disable=g-import-not-at-top
+  from must.world import writer  # pylint: disable=g-import-not-at-top
+  output_dir = str(tmp_path_factory.mktemp("tiny_world"))
+  writer.write_world(configs.load(writer.WorldConfig(), TINY_WORLD_CONFIG), output_dir,
+                     progress=lambda line: None)
+  return output_dir

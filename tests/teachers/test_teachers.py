@@ -1,0 +1,130 @@
+"""The stock-task teachers: train a few steps, export, reload, serve; bad inputs."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import teachers
+from teachers import export
+from teachers import train
+from official.core import exp_factory
+from official.vision.serving import export_saved_model_lib
+
+SIZE = 64  # the tiny world's images; divisible by 2**max_level of every teacher
+STOCK = ["classification", "detection", "segmentation"]
+
+
+def _params(task: str, world: str):
+  split = f"{world}/labeled/{task}/train-*"
+  params = exp_factory.get_exp_config(teachers.TEACHERS[task].EXPERIMENT)
+  params.override({
+      "task": {"model": {"input_size": [SIZE, SIZE, 3],
+                         "backbone": {"resnet": {"model_id": 10, "depth_multiplier": 0.25}}},
+               "train_data": {"input_path": split, "global_batch_size": 4},
+               "validation_data": {"input_path": f"{world}/eval/eval-*", "global_batch_size": 4}},
+      "trainer": {"train_steps": 2, "steps_per_loop": 2, "checkpoint_interval": 2,
+                  "validation_steps": 1, "validation_interval": 2},
+  }, is_strict=True)
+  if task == "segmentation":
+    params.override({"task": {"train_data": {"output_size": [SIZE, SIZE]},
+                              "validation_data": {"output_size": [SIZE, SIZE]}}})
+  return params
+
+
+@pytest.fixture(scope="module", params=STOCK)
+def exported(request, tiny_world, tmp_path_factory):
+  """A teacher trained for two steps and exported: (task, model dir, export dir, world)."""
+  task = request.param
+  model_dir = str(tmp_path_factory.mktemp(task))
+  train.run(_params(task, tiny_world), model_dir, "train")
+  export_dir = os.path.join(model_dir, "export")
+  metadata = export.export_teacher(model_dir, export_dir, world_dir=tiny_world, version="t1")
+  return task, model_dir, export_dir, metadata
+
+
+def _images(n=3, seed=0):
+  return tf.constant(np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3)), tf.uint8)
+
+
+def _check_outputs(task: str, outputs: dict, n: int):
+  if task == "classification":
+    probs = outputs["probs"].numpy()
+    assert probs.shape == (n, 11)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
+  elif task == "detection":
+    boxes, scores = outputs["boxes"].numpy(), outputs["scores"].numpy()
+    assert boxes.shape[:1] == (n,) and boxes.shape[2] == 4 and scores.shape == boxes.shape[:2]
+    assert boxes.min() >= 0 and boxes.max() <= 1
+    assert (boxes[..., 2] >= boxes[..., 0]).all() and (boxes[..., 3] >= boxes[..., 1]).all()
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert outputs["classes"].dtype == tf.int32 and outputs["classes"].numpy().max() < 11
+    assert outputs["num_detections"].shape == (n,)
+  else:
+    probs = outputs["probs"].numpy()
+    assert probs.shape == (n, SIZE, SIZE, 11)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
+
+
+def test_export_reload_and_serve(exported):
+  task, model_dir, export_dir, metadata = exported
+  assert os.path.exists(os.path.join(model_dir, "params.yaml"))
+  assert metadata["task"] == task and metadata["version"] == "t1"
+  assert metadata["input_size"] == [SIZE, SIZE] and metadata["class_names"][1] == "sphere"
+  assert metadata["train_batch_size"] == 4 and metadata["train_learning_rate"] > 0
+  loaded = tf.saved_model.load(export_dir)
+  _check_outputs(task, loaded.signatures[export.SIGNATURE](images=_images()), 3)
+
+
+def test_model_garden_export_plugs_in_as_teacher(exported, tmp_path):
+  task, model_dir, ours_dir, _ = exported
+  params = export.load_params(model_dir)
+  mg_dir, adapted_dir = str(tmp_path / "mg"), str(tmp_path / "adapted")
+  export_saved_model_lib.export_inference_graph(
+      input_type="image_tensor", batch_size=None, input_image_size=[SIZE, SIZE],
+      params=params, checkpoint_path=tf.train.latest_checkpoint(model_dir), export_dir=mg_dir)
+  metadata = export.adapt_model_garden_export(mg_dir, adapted_dir)
+  assert metadata["task"] == task and metadata["version"] == "model_garden"
+  images = _images(2, seed=1)
+  adapted = tf.saved_model.load(adapted_dir).signatures[export.SIGNATURE](images=images)
+  ours = tf.saved_model.load(ours_dir).signatures[export.SIGNATURE](images=images)
+  _check_outputs(task, adapted, 2)
+  for key in ours:
+    np.testing.assert_allclose(adapted[key].numpy(), ours[key].numpy(), atol=1e-4, err_msg=key)
+
+
+def test_missing_checkpoint_is_named(tmp_path, tiny_world):
+  params = _params("classification", tiny_world)
+  from official.core import train_utils  # pylint: disable=g-import-not-at-top
+  train_utils.serialize_config(params, str(tmp_path))
+  with pytest.raises(FileNotFoundError, match=f"no checkpoint in {tmp_path}"):
+    export.export_teacher(str(tmp_path), str(tmp_path / "export"))
+  with pytest.raises(FileNotFoundError, match="params.yaml does not exist"):
+    export.export_teacher(str(tmp_path / "nowhere"), str(tmp_path / "export"))
+
+
+def test_empty_or_missing_split_is_named(tmp_path):
+  empty = tmp_path / "empty-00000-of-00001.tfrecord"
+  tf.io.TFRecordWriter(str(empty)).close()
+  with pytest.raises(ValueError, match="with no examples"):
+    train.check_input(str(empty), "task.train_data.input_path")
+  with pytest.raises(ValueError, match="matches no files"):
+    train.check_input(str(tmp_path / "none-*"), "task.train_data.input_path")
+  with pytest.raises(ValueError, match="is empty"):
+    train.check_input("", "task.train_data.input_path")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--experiment=must_detection_techer"], "unknown experiment 'must_detection_techer'"),
+    (["--experiment=must_detection_teacher", "--params_override=task.modle.num_classes=3"],
+     "modle"),
+])
+def test_binary_names_bad_experiment_and_key(args, message, tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "teachers.train", "--mode=train", f"--model_dir={tmp_path}", *args],
+      capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+          os.path.abspath(__file__)))), timeout=120)
+  assert result.returncode != 0
+  assert message in result.stderr
