@@ -31,13 +31,14 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
+from must import serving
 import teachers
 from official.core import exp_factory
 from official.core import task_factory
 from official.modeling import hyperparams
 
-METADATA_FILE = "teacher.json"
-SIGNATURE = "serving_default"
+METADATA_FILE = serving.METADATA_FILE
+SIGNATURE = serving.SIGNATURE
 
 
 class TeacherModule(tf.Module):

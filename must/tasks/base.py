@@ -38,6 +38,23 @@ def dense(parsed: Mapping[str, Any], key: str) -> tf.Tensor:
   return tf.sparse.to_dense(parsed[key])
 
 
+class Metric(abc.ABC):
+  """Accumulates one task's metric over images; `result()` gives the numbers.
+
+  `update` takes one image's decoded label (this task's part of
+  `Schema.decode`, as NumPy) and the model's raw outputs for that image (the
+  teacher signature's outputs without the batch dimension).
+  """
+
+  @abc.abstractmethod
+  def update(self, label: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+    """Adds one image."""
+
+  @abc.abstractmethod
+  def result(self) -> dict[str, float]:
+    """The metric values over every image added so far."""
+
+
 class Task(abc.ABC):
   """One vision task: its label and its tf.Example features.
 
@@ -60,6 +77,10 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def feature_spec(self) -> FeatureSpec:
     """The parse spec of this task's features; every key has a default."""
+
+  @abc.abstractmethod
+  def metric(self) -> Metric:
+    """A fresh accumulator of this task's standard metric."""
 
   @abc.abstractmethod
   def decode(self, parsed: Mapping[str, tf.Tensor], image_size: tf.Tensor,

@@ -71,9 +71,27 @@ class Classification(base.Task):
         SOFT_PROB: tf.io.VarLenFeature(tf.float32),
     }
 
+  def metric(self) -> "TopOneAccuracy":
+    return TopOneAccuracy()
+
   def decode(self, parsed, image_size, present):
     del image_size, present  # Absent: label -1, all-zero distribution.
     ids = base.dense(parsed, SOFT_LABEL)
     probs = tf.scatter_nd(ids[:, None], base.dense(parsed, SOFT_PROB),
                           [self.num_classes])
     return {"label": tf.cast(parsed[LABEL], tf.int32), "probs": probs}
+
+
+class TopOneAccuracy(base.Metric):
+  """Top-1 accuracy of `probs` against the label's argmax class."""
+
+  def __init__(self):
+    self.correct = 0
+    self.count = 0
+
+  def update(self, label, outputs):
+    self.correct += int(np.argmax(outputs["probs"]) == int(label["label"]))
+    self.count += 1
+
+  def result(self):
+    return {"top1": self.correct / max(self.count, 1), "images": self.count}

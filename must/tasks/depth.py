@@ -77,9 +77,56 @@ class Depth(base.Task):
         KIND: tf.io.FixedLenFeature((), tf.string, default_value=""),
     }
 
+  def metric(self) -> "DepthMetrics":
+    return DepthMetrics()
+
   def decode(self, parsed, image_size, present):
     # Absent: every pixel invalid.
     codes = base.decode_png_or_fill(parsed[ENCODED], present, image_size, 1, tf.uint16, 0)
     values = parsed[SHIFT] + parsed[SCALE] * (tf.cast(codes, tf.float32) - 1.0)
     valid = codes > 0
     return {"depth": tf.where(valid, values, 0.0), "valid": valid, "kind": parsed[KIND]}
+
+
+def align_scale_shift(prediction: np.ndarray, target: np.ndarray,
+                      valid: np.ndarray) -> np.ndarray:
+  """Least-squares s, t so that s * prediction + t fits target on valid pixels."""
+  p, t = prediction[valid].astype(np.float64), target[valid].astype(np.float64)
+  design = np.stack([p, np.ones_like(p)], axis=1)
+  (scale, shift), *_ = np.linalg.lstsq(design, t, rcond=None)
+  return (scale * prediction + shift).astype(np.float32)
+
+
+class DepthMetrics(base.Metric):
+  """AbsRel and delta<1.25 after per-image scale/shift alignment in inverse depth.
+
+  The prediction (`depth`, relative inverse depth) is aligned by least squares
+  to the label's inverse depth (1 / metric depth, or the label itself when it
+  is relative inverse), turned into depth, and compared on valid pixels.
+  """
+
+  def __init__(self, min_depth: float = 1e-3):
+    self.min_depth = min_depth
+    self.abs_rel_sum = 0.0
+    self.delta_count = 0
+    self.pixels = 0
+
+  def update(self, label, outputs):
+    valid = np.asarray(label["valid"], bool)
+    if valid.sum() < 2:
+      return
+    truth = np.asarray(label["depth"], np.float32)
+    metric = label.get("kind", b"metric") in (b"metric", "metric")
+    target_inverse = np.where(valid, 1.0 / np.maximum(truth, self.min_depth), 0) if metric else truth
+    aligned = align_scale_shift(np.asarray(outputs["depth"], np.float32), target_inverse, valid)
+    # Aligned inverse depth can be <= 0; cap predictions at 10x the farthest truth.
+    predicted_depth = 1.0 / np.maximum(aligned[valid], 0.1 * target_inverse[valid].min())
+    true_depth = 1.0 / target_inverse[valid]
+    ratio = np.maximum(predicted_depth / true_depth, true_depth / predicted_depth)
+    self.abs_rel_sum += float(np.sum(np.abs(predicted_depth - true_depth) / true_depth))
+    self.delta_count += int(np.sum(ratio < 1.25))
+    self.pixels += int(valid.sum())
+
+  def result(self):
+    pixels = max(self.pixels, 1)
+    return {"abs_rel": self.abs_rel_sum / pixels, "delta_1.25": self.delta_count / pixels}

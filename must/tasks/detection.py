@@ -5,9 +5,13 @@ Features are the ones Model Garden's `TfExampleDecoder` reads
 `image/object/class/label`, `image/object/area`, `image/object/is_crowd`),
 plus `image/object/score` (1.0 for ground truth).
 """
+import contextlib
 import dataclasses
+import io
 
 import numpy as np
+from pycocotools import coco
+from pycocotools import cocoeval
 import tensorflow as tf
 
 from must import tasks
@@ -87,6 +91,9 @@ class Detection(base.Task):
     spec.update({k: tf.io.VarLenFeature(tf.int64) for k in (CLASS, IS_CROWD)})
     return spec
 
+  def metric(self) -> "CocoAP":
+    return CocoAP(self.num_classes)
+
   def decode(self, parsed, image_size, present):
     del image_size, present  # Absent: zero boxes.
     boxes = tf.stack([base.dense(parsed, k) for k in (YMIN, XMIN, YMAX, XMAX)], axis=-1)
@@ -97,3 +104,52 @@ class Detection(base.Task):
         "areas": base.dense(parsed, AREA),
         "is_crowd": tf.cast(base.dense(parsed, IS_CROWD), tf.bool),
     }
+
+
+class CocoAP(base.Metric):
+  """COCO box AP and AP50 through pycocotools.
+
+  Labels need `boxes`, `classes` (and optionally `is_crowd`, `areas`) plus
+  the image size as `image_size`; outputs are the teacher signature's
+  normalized `boxes`, `scores`, `classes` and `num_detections`.
+  """
+
+  def __init__(self, num_classes: int):
+    self.num_classes = num_classes
+    self.images, self.truths, self.detections = [], [], []
+
+  def update(self, label, outputs):
+    image_id = len(self.images) + 1
+    height, width = (int(v) for v in label["image_size"])
+    self.images.append({"id": image_id, "height": height, "width": width})
+    scale = np.array([height, width, height, width], np.float64)
+    crowd = label.get("is_crowd", np.zeros(len(label["classes"]), bool))
+    for box, cls, is_crowd in zip(np.asarray(label["boxes"]) * scale, label["classes"], crowd):
+      ymin, xmin, ymax, xmax = box
+      self.truths.append({"id": len(self.truths) + 1, "image_id": image_id,
+                          "category_id": int(cls), "iscrowd": int(is_crowd),
+                          "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
+                          "area": float((xmax - xmin) * (ymax - ymin))})
+    n = int(outputs["num_detections"])
+    for box, score, cls in zip(np.asarray(outputs["boxes"])[:n] * scale,
+                               outputs["scores"][:n], outputs["classes"][:n]):
+      ymin, xmin, ymax, xmax = box
+      self.detections.append({"image_id": image_id, "category_id": int(cls),
+                              "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
+                              "score": float(score)})
+
+  def result(self):
+    if not self.truths or not self.detections:
+      return {"AP": 0.0, "AP50": 0.0, "images": len(self.images)}
+    ground_truth = coco.COCO()
+    ground_truth.dataset = {
+        "images": self.images, "annotations": self.truths,
+        "categories": [{"id": i} for i in range(1, self.num_classes)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+      ground_truth.createIndex()
+      evaluation = cocoeval.COCOeval(ground_truth, ground_truth.loadRes(self.detections), "bbox")
+      evaluation.evaluate()
+      evaluation.accumulate()
+      evaluation.summarize()
+    return {"AP": float(evaluation.stats[0]), "AP50": float(evaluation.stats[1]),
+            "images": len(self.images)}

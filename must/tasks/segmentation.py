@@ -56,8 +56,34 @@ class Segmentation(base.Task):
         FORMAT: tf.io.FixedLenFeature((), tf.string, default_value=""),
     }
 
+  def metric(self) -> "MeanIoU":
+    return MeanIoU(self.num_classes)
+
   def decode(self, parsed, image_size, present):
     # Absent: every pixel ignored.
     mask = base.decode_png_or_fill(parsed[ENCODED], present, image_size, 1, tf.uint8,
                                    IGNORE_LABEL)
     return {"mask": mask}
+
+
+class MeanIoU(base.Metric):
+  """Mean intersection-over-union of argmax(`probs`) over classes seen in
+  labels or predictions; ignored pixels do not count."""
+
+  def __init__(self, num_classes: int):
+    self.num_classes = num_classes
+    self.confusion = np.zeros([num_classes, num_classes], np.int64)
+
+  def update(self, label, outputs):
+    truth = np.asarray(label["mask"]).reshape(-1).astype(np.int64)
+    predicted = np.argmax(outputs["probs"], axis=-1).reshape(-1)
+    keep = truth != IGNORE_LABEL
+    self.confusion += np.bincount(truth[keep] * self.num_classes + predicted[keep],
+                                  minlength=self.num_classes ** 2).reshape(self.confusion.shape)
+
+  def result(self):
+    intersection = np.diag(self.confusion)
+    union = self.confusion.sum(0) + self.confusion.sum(1) - intersection
+    seen = union > 0
+    return {"miou": float((intersection[seen] / union[seen]).mean()) if seen.any() else 0.0,
+            "pixel_accuracy": float(intersection.sum() / max(self.confusion.sum(), 1))}

@@ -48,9 +48,35 @@ class SurfaceNormals(base.Task):
   def feature_spec(self) -> base.FeatureSpec:
     return {ENCODED: tf.io.FixedLenFeature((), tf.string, default_value="")}
 
+  def metric(self) -> "AngularError":
+    return AngularError()
+
   def decode(self, parsed, image_size, present):
     # Absent: every pixel invalid.
     codes = base.decode_png_or_fill(parsed[ENCODED], present, image_size, 3, tf.uint16, 0)
     valid = tf.reduce_all(codes > 0, axis=-1)
     normals = (tf.cast(codes, tf.float32) - 1.0) / _HALF_RANGE - 1.0
     return {"normals": tf.where(valid[..., None], normals, 0.0), "valid": valid}
+
+
+class AngularError(base.Metric):
+  """Mean angular error (degrees) and the fraction of pixels under 11.25 degrees."""
+
+  def __init__(self):
+    self.angle_sum = 0.0
+    self.within = 0
+    self.pixels = 0
+
+  def update(self, label, outputs):
+    valid = np.asarray(label["valid"], bool)
+    truth = np.asarray(label["normals"], np.float32)[valid]
+    predicted = np.asarray(outputs["normals"], np.float32)[valid]
+    predicted /= np.maximum(np.linalg.norm(predicted, axis=-1, keepdims=True), 1e-6)
+    angles = np.degrees(np.arccos(np.clip(np.sum(truth * predicted, axis=-1), -1, 1)))
+    self.angle_sum += float(angles.sum())
+    self.within += int(np.sum(angles < 11.25))
+    self.pixels += int(valid.sum())
+
+  def result(self):
+    pixels = max(self.pixels, 1)
+    return {"mean_angle": self.angle_sum / pixels, "within_11.25": self.within / pixels}

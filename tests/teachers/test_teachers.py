@@ -1,5 +1,6 @@
 """The stock-task teachers: train a few steps, export, reload, serve; bad inputs."""
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -11,8 +12,10 @@ import teachers
 from teachers import export
 from teachers import train
 from official.core import exp_factory
+from official.modeling import hyperparams
 from official.vision.serving import export_saved_model_lib
 
+REPO = pathlib.Path(__file__).resolve().parents[2]
 SIZE = 64  # the tiny world's images; divisible by 2**max_level of every teacher
 STOCK = ["classification", "detection", "segmentation"]
 
@@ -124,7 +127,15 @@ def test_empty_or_missing_split_is_named(tmp_path):
 def test_binary_names_bad_experiment_and_key(args, message, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "teachers.train", "--mode=train", f"--model_dir={tmp_path}", *args],
-      capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
-          os.path.abspath(__file__)))), timeout=120)
+      capture_output=True, text=True, cwd=REPO, timeout=120)
   assert result.returncode != 0
   assert message in result.stderr
+
+
+@pytest.mark.parametrize("path", sorted(
+    str(p) for p in (REPO / "configs/teachers").glob("*.yaml")))
+def test_shipped_teacher_configs_load_strictly(path):
+  task = os.path.basename(path).removesuffix(".yaml").removesuffix("_full")
+  params = exp_factory.get_exp_config(teachers.TEACHERS[task].EXPERIMENT)
+  hyperparams.override_params_dict(params, path, is_strict=True)
+  params.validate()

@@ -1,0 +1,43 @@
+"""Evaluates exported teachers on the world's held-out split.
+
+  python -m teachers.evaluate --world_dir out/world \
+      --teacher_dirs out/teachers/classification/export,out/teachers/detection/export
+
+Writes `eval_metrics.json` next to each exported teacher and prints a table.
+"""
+import json
+import os
+
+from absl import app
+from absl import flags
+
+from must import evaluate
+from must import serving
+from must.world import writer
+
+_WORLD_DIR = flags.DEFINE_string("world_dir", None, "The world (its eval split).", required=True)
+_TEACHER_DIRS = flags.DEFINE_list("teacher_dirs", None, "Exported teachers.", required=True)
+_SPLIT = flags.DEFINE_string("split", "eval", "Which split of the world to evaluate on.")
+
+
+def evaluate_teachers(teacher_dirs: list[str], world_dir: str, split: str = "eval") -> dict:
+  """Evaluates each teacher on its task; writes eval_metrics.json beside it."""
+  world = writer.load_metadata(world_dir)
+  results = {}
+  for path in teacher_dirs:
+    model = serving.load(path)
+    metrics = evaluate.evaluate({model.task: model.predict}, world["splits"][split]["pattern"],
+                                world["task_params"])[model.task]
+    with open(os.path.join(path, "eval_metrics.json"), "w") as f:
+      json.dump({"task": model.task, "split": split, "metrics": metrics}, f, indent=2)
+    results[f"{model.task} ({model.name})"] = metrics
+  return results
+
+
+def main(argv):
+  del argv
+  print(evaluate.table(evaluate_teachers(_TEACHER_DIRS.value, _WORLD_DIR.value, _SPLIT.value)))
+
+
+if __name__ == "__main__":
+  app.run(main)
