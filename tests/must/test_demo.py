@@ -1,26 +1,41 @@
 """The demo orchestration: runs the stages that exist, skips finished ones."""
+import json
 import pathlib
 import shutil
 
 from must import demo
 
-TINY_WORLD = pathlib.Path(__file__).parents[2] / "configs/world/tiny.yaml"
+REPO = pathlib.Path(__file__).parents[2]
+
+# One small teacher is enough to check the orchestration of the real binaries.
+TINY_TEACHERS = {"classification": {
+    "task": {"model": {"input_size": [64, 64, 3],
+                       "backbone": {"resnet": {"model_id": 10, "depth_multiplier": 0.25}}},
+             "train_data": {"global_batch_size": 4}, "validation_data": {"global_batch_size": 4}},
+    "trainer": {"train_steps": 2, "steps_per_loop": 1, "checkpoint_interval": 2}}}
 
 
 def test_runs_then_skips_then_reruns_on_config_change(tmp_path):
   config_dir, output_dir = tmp_path / "configs", tmp_path / "out"
   config_dir.mkdir()
-  shutil.copy(TINY_WORLD, config_dir / "world.yaml")
+  shutil.copy(REPO / "configs/world/tiny.yaml", config_dir / "world.yaml")
+  (config_dir / "teachers.yaml").write_text(json.dumps(TINY_TEACHERS))
 
   first = demo.run(str(config_dir), str(output_dir))
-  assert first["world"]["status"] == "ran"
+  assert first["world"]["status"] == "ran" and first["teachers"]["status"] == "ran"
   assert (output_dir / "world" / "world.json").exists()
+  metrics = json.loads((output_dir / "teachers.done.json").read_text())["metrics"]
+  assert 0.0 <= metrics["classification"]["top1"] <= 1.0
+  assert (output_dir / "teachers/classification/export/teacher.json").exists()
   missing = [s for s, r in first.items() if r["status"].startswith("missing")]
   assert missing == [s for s, runner in demo.STAGES if runner is None]
 
-  assert demo.run(str(config_dir), str(output_dir))["world"]["status"].startswith("skipped")
-  assert demo.run(str(config_dir), str(output_dir), force=True)["world"]["status"] == "ran"
+  again = demo.run(str(config_dir), str(output_dir))
+  assert again["world"]["status"].startswith("skipped")
+  assert again["teachers"]["status"].startswith("skipped")
 
   with open(config_dir / "world.yaml", "a") as f:
     f.write("jpeg_quality: 90\n")
-  assert demo.run(str(config_dir), str(output_dir))["world"]["status"] == "ran"
+  changed = demo.run(str(config_dir), str(output_dir))
+  assert changed["world"]["status"] == "ran"
+  assert changed["teachers"]["status"] == "ran"  # downstream of a changed stage
