@@ -139,3 +139,18 @@ def test_shipped_teacher_configs_load_strictly(path):
   params = exp_factory.get_exp_config(teachers.TEACHERS[task].EXPERIMENT)
   hyperparams.override_params_dict(params, path, is_strict=True)
   params.validate()
+
+
+def test_restarted_training_resumes_from_its_checkpoint(tiny_world, tmp_path):
+  params = _params("classification", tiny_world)
+  train.run(params, str(tmp_path), "train")
+  first = tf.train.latest_checkpoint(str(tmp_path))
+  weights = {name: tf.train.load_variable(first, name)
+             for name, _ in tf.train.list_variables(first) if "kernel" in name}
+  train.run(params, str(tmp_path), "train")  # Same schedule: nothing left to do.
+  assert tf.train.latest_checkpoint(str(tmp_path)) == first
+  for name, value in weights.items():
+    np.testing.assert_array_equal(tf.train.load_variable(first, name), value)
+  params.override({"trainer": {"train_steps": 4}})
+  train.run(params, str(tmp_path), "train")  # Two more steps from step 2.
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-4")
