@@ -83,6 +83,18 @@ class Task(abc.ABC):
     """A fresh accumulator of this task's standard metric."""
 
   @abc.abstractmethod
+  def pseudo_label(self, outputs: Mapping[str, np.ndarray], image_size: tuple[int, int],
+                   **thresholds) -> Any:
+    """One image's raw teacher outputs -> this task's label dataclass.
+
+    Args:
+      outputs: the teacher signature's outputs for one image (no batch
+        dimension), dense maps already resized to the stored image's size.
+      image_size: (height, width) of the stored image.
+      **thresholds: the task's pseudo-labeling thresholds (e.g. min_score).
+    """
+
+  @abc.abstractmethod
   def decode(self, parsed: Mapping[str, tf.Tensor], image_size: tf.Tensor,
              present: tf.Tensor) -> dict[str, tf.Tensor]:
     """Parsed features -> label tensors, inside `tf.data` or eagerly.

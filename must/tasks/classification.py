@@ -71,6 +71,30 @@ class Classification(base.Task):
         SOFT_PROB: tf.io.VarLenFeature(tf.float32),
     }
 
+  def pseudo_label(self, outputs, image_size, top_k: int | None = None) -> ClassificationLabel:
+    """The teacher's class distribution as a soft label (the paper's recipe).
+
+    Args:
+      outputs: one image's teacher outputs; `probs` is float [num_classes].
+      image_size: (height, width) of the stored image (unused: one label per image).
+      top_k: keep only the k most probable classes (the others become 0); the
+        task's own `top_k` still applies when the label is encoded.
+
+    Returns:
+      The soft ClassificationLabel.
+    """
+    del image_size
+    probs = np.asarray(outputs["probs"], np.float32).reshape(-1)
+    if probs.shape != (self.num_classes,):
+      raise ValueError(f"the classification teacher gives {probs.shape[0]} classes, "
+                       f"the schema has {self.num_classes}")
+    if top_k is not None and top_k < len(probs):
+      keep = np.argsort(-probs, kind="stable")[:top_k]
+      kept = np.zeros_like(probs)
+      kept[keep] = probs[keep]
+      probs = kept
+    return ClassificationLabel(probs)
+
   def metric(self) -> "TopOneAccuracy":
     return TopOneAccuracy()
 

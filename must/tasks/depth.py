@@ -77,6 +77,22 @@ class Depth(base.Task):
         KIND: tf.io.FixedLenFeature((), tf.string, default_value=""),
     }
 
+  def pseudo_label(self, outputs, image_size) -> DepthLabel:
+    """The teacher's raw prediction as relative inverse depth (the paper's recipe).
+
+    Args:
+      outputs: one image's teacher outputs; `depth` is float [H, W] at the
+        stored image's size.
+      image_size: (height, width) of the stored image.
+
+    Returns:
+      A DepthLabel of kind `relative_inverse`.
+    """
+    depth = np.asarray(outputs["depth"], np.float32)
+    depth = depth[..., 0] if depth.ndim == 3 else depth
+    base.check_dense_shape(self.name, depth, image_size)
+    return DepthLabel(depth=depth, kind="relative_inverse")
+
   def metric(self) -> "DepthMetrics":
     return DepthMetrics()
 

@@ -91,6 +91,31 @@ class Detection(base.Task):
     spec.update({k: tf.io.VarLenFeature(tf.int64) for k in (CLASS, IS_CROWD)})
     return spec
 
+  def pseudo_label(self, outputs, image_size, min_score: float = 0.5) -> DetectionLabel:
+    """Hard boxes of the teacher's detections with score >= `min_score`.
+
+    Args:
+      outputs: one image's teacher outputs: `boxes` float [N, 4] normalized
+        (ymin, xmin, ymax, xmax), `scores` [N], `classes` [N], and optionally
+        `num_detections` (a scalar; rows past it are padding).
+      image_size: (height, width) of the stored image; normalized boxes carry
+        over from the teacher's input size unchanged.
+      min_score: the score threshold (the paper uses 0.5).
+
+    Returns:
+      A DetectionLabel with boxes clipped to the image; boxes of zero area and
+      detections of the background or an unknown class are dropped.
+    """
+    del image_size
+    boxes = np.asarray(outputs["boxes"], np.float32).reshape(-1, 4)
+    scores = np.asarray(outputs["scores"], np.float32).reshape(-1)
+    classes = np.asarray(outputs["classes"], np.int64).reshape(-1)
+    n = int(np.asarray(outputs.get("num_detections", len(boxes))).reshape(()))
+    boxes, scores, classes = np.clip(boxes[:n], 0.0, 1.0), scores[:n], classes[:n]
+    keep = ((scores >= min_score) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) &
+            (classes >= 1) & (classes < self.num_classes))
+    return DetectionLabel(boxes=boxes[keep], classes=classes[keep], scores=scores[keep])
+
   def metric(self) -> "CocoAP":
     return CocoAP(self.num_classes)
 

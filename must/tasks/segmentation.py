@@ -56,6 +56,28 @@ class Segmentation(base.Task):
         FORMAT: tf.io.FixedLenFeature((), tf.string, default_value=""),
     }
 
+  def pseudo_label(self, outputs, image_size, min_confidence: float = 0.5) -> SegmentationLabel:
+    """Per-pixel argmax class; pixels whose top probability is under
+    `min_confidence` get IGNORE_LABEL (the paper's recipe, 0.5).
+
+    Args:
+      outputs: one image's teacher outputs; `probs` is float [H, W, C] at the
+        stored image's size.
+      image_size: (height, width) of the stored image.
+      min_confidence: the probability threshold.
+
+    Returns:
+      The SegmentationLabel.
+    """
+    probs = np.asarray(outputs["probs"], np.float32)
+    base.check_dense_shape(self.name, probs, image_size)
+    if probs.shape[-1] > self.num_classes:
+      raise ValueError(f"the segmentation teacher gives {probs.shape[-1]} classes, "
+                       f"the schema has {self.num_classes}")
+    mask = np.argmax(probs, axis=-1).astype(np.uint8)
+    mask[probs.max(axis=-1) < min_confidence] = IGNORE_LABEL
+    return SegmentationLabel(mask)
+
   def metric(self) -> "MeanIoU":
     return MeanIoU(self.num_classes)
 

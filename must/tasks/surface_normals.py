@@ -48,6 +48,24 @@ class SurfaceNormals(base.Task):
   def feature_spec(self) -> base.FeatureSpec:
     return {ENCODED: tf.io.FixedLenFeature((), tf.string, default_value="")}
 
+  def pseudo_label(self, outputs, image_size) -> SurfaceNormalsLabel:
+    """A normals teacher's prediction, renormalized to unit vectors.
+
+    Args:
+      outputs: one image's teacher outputs; `normals` is float [H, W, 3] at
+        the stored image's size.
+      image_size: (height, width) of the stored image.
+
+    Returns:
+      A SurfaceNormalsLabel; zero-length predictions become invalid (NaN).
+    """
+    normals = np.asarray(outputs["normals"], np.float32)
+    base.check_dense_shape(self.name, normals, image_size)
+    norm = np.linalg.norm(normals, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+      normals = np.where(norm > 1e-6, normals / norm, np.float32(np.nan))
+    return SurfaceNormalsLabel(normals.astype(np.float32))
+
   def metric(self) -> "AngularError":
     return AngularError()
 

@@ -1,0 +1,1 @@
+"""Apache Beam pipelines of the MuST data engine (pseudo-labeling)."""

@@ -1,0 +1,160 @@
+"""Teachers behind `RunInference`: our own ModelHandler over `must.serving`.
+
+A teacher is anything with `task`, `input_size`, `metadata` and
+`predict(uint8 [B, H, W, 3]) -> {name: array [B, ...]}`; `must.serving.load`
+gives one for an exported SavedModel (Beam's stock TF handler cannot load
+these), and tests pass a loader that gives fakes. `TeachersModelHandler` loads
+one or more teachers once per worker process (Beam's shared model cache),
+resizes every image of a batch to each teacher's input size, runs each teacher
+in chunks of exactly its own batch size (zero-padded, so an image's outputs do
+not depend on how Beam batched it) and returns, per element, each task's outputs
+for that image at the teacher's size. `resize_outputs` maps them to the stored
+image's size: outputs whose first two dimensions are the teacher's input size
+are dense maps and are resized bilinearly; the rest (class distributions,
+normalized boxes) carry over as they are.
+"""
+import dataclasses
+import json
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+
+from apache_beam.io import filesystems
+from apache_beam.ml.inference import base as inference_base
+import cv2
+import numpy as np
+
+from must import serving
+
+
+class Teacher(Protocol):
+  """What the pipeline needs of a teacher (a `must.serving.ServedModel` is one)."""
+  task: str
+  input_size: tuple[int, int]
+  metadata: dict[str, Any]
+
+  def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    """uint8 [B, H, W, 3] at `input_size` -> raw outputs with a batch dimension."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSpec:
+  """One teacher of the teachers config: its task, SavedModel path, batch size."""
+  task: str
+  path: str
+  batch_size: int = 8
+
+
+def read_metadata(path: str) -> dict[str, Any]:
+  """A teacher's `teacher.json` through Beam's file systems (local, gs://, s3://)."""
+  metadata_path = filesystems.FileSystems.join(path, serving.METADATA_FILE)
+  try:
+    with filesystems.FileSystems.open(metadata_path) as f:
+      return json.loads(f.read().decode())
+  except Exception as e:  # pylint: disable=broad-except  (any file system's error)
+    raise FileNotFoundError(f"cannot read {metadata_path} ({e}): export the teacher with "
+                            "python -m teachers.export") from None
+
+
+class LoadedTeachers(dict):
+  """Task -> loaded teacher; a dict subclass so Beam's shared cache can hold a
+  weak reference to it (plain dicts cannot be weakly referenced)."""
+
+
+def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+  """uint8 [H, W, 3] -> uint8 [size[0], size[1], 3], bilinear (area when shrinking)."""
+  height, width = int(size[0]), int(size[1])
+  if image.shape[:2] == (height, width):
+    return image
+  shrink = image.shape[0] > height and image.shape[1] > width
+  return cv2.resize(image, (width, height),
+                    interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def _resize_dense(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  array = np.asarray(array, np.float32)
+  flat = array.reshape(array.shape[0], array.shape[1], -1)
+  out = np.empty((size[0], size[1], flat.shape[2]), np.float32)
+  for start in range(0, flat.shape[2], 4):  # OpenCV resizes up to 4 channels at once.
+    chunk = np.ascontiguousarray(flat[..., start:start + 4])
+    resized = cv2.resize(chunk, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    out[..., start:start + 4] = resized.reshape(size[0], size[1], -1)
+  return out.reshape(size[0], size[1], *array.shape[2:])
+
+
+def resize_outputs(outputs: Mapping[str, np.ndarray], input_size: Sequence[int],
+                   image_size: Sequence[int]) -> dict[str, np.ndarray]:
+  """One image's outputs at the teacher's input size -> at the stored image's size.
+
+  Dense maps (first two dimensions equal to `input_size`) are resized
+  bilinearly; everything else is returned unchanged.
+  """
+  input_size, image_size = tuple(input_size), tuple(int(v) for v in image_size)
+  resized = {}
+  for key, value in outputs.items():
+    value = np.asarray(value)
+    dense = value.ndim >= 2 and tuple(value.shape[:2]) == input_size
+    resized[key] = _resize_dense(value, image_size) if dense and input_size != image_size else value
+  return resized
+
+
+class TeachersModelHandler(inference_base.ModelHandler):
+  """Runs one or more teachers on batches of `decode.Decoded` elements.
+
+  `RunInference(TeachersModelHandler(specs))` turns each element into
+  (element, {task: outputs at the teacher's input size}).
+
+  Args:
+    specs: the teachers to run, at most one per task.
+    loader: path -> Teacher; `must.serving.load` by default.
+    max_batch_size: RunInference's largest batch; defaults to the largest
+      teacher batch size. Each teacher still runs in chunks of its own size.
+    min_batch_size: RunInference's smallest batch (but a bundle's last);
+      defaults to the largest: teachers always run full, padded batches, so
+      the small batches Beam's adaptive batching starts with would cost as
+      much as full ones.
+  """
+
+  def __init__(self, specs: Sequence[TeacherSpec],
+               loader: Callable[[str], Teacher] = serving.load, *,
+               max_batch_size: int | None = None, min_batch_size: int | None = None):
+    tasks = [spec.task for spec in specs]
+    if not specs or len(set(tasks)) != len(tasks):
+      raise ValueError(f"give one teacher per task, at least one; got {tasks}")
+    self.specs = tuple(specs)
+    self.loader = loader
+    max_batch_size = max_batch_size or max(s.batch_size for s in specs)
+    super().__init__(min_batch_size=min_batch_size or max_batch_size,
+                     max_batch_size=max_batch_size)
+
+  def load_model(self) -> LoadedTeachers:
+    teachers = LoadedTeachers()
+    for spec in self.specs:
+      teacher = self.loader(spec.path)
+      if teacher.task != spec.task:
+        raise ValueError(f"{spec.path} is a {teacher.task} teacher, configured as {spec.task}")
+      teachers[spec.task] = teacher
+    return teachers
+
+  def run_inference(self, batch: Sequence[Any], model: dict[str, Teacher],
+                    inference_args: dict[str, Any] | None = None
+                    ) -> Iterable[tuple[Any, dict[str, dict[str, np.ndarray]]]]:
+    del inference_args
+    per_element = [{} for _ in batch]
+    for spec in self.specs:
+      teacher = model[spec.task]
+      for start in range(0, len(batch), spec.batch_size):
+        chunk = batch[start:start + spec.batch_size]
+        images = np.zeros((spec.batch_size, *teacher.input_size, 3), np.uint8)
+        for i, element in enumerate(chunk):
+          images[i] = resize_image(element.image, teacher.input_size)
+        # Always the full batch: TensorFlow's CPU kernels may round differently
+        # for other batch sizes, and records must not depend on how Beam batched.
+        outputs = teacher.predict(images)
+        for i in range(len(chunk)):
+          per_element[start + i][spec.task] = {k: np.asarray(v[i]) for k, v in outputs.items()}
+    return list(zip(batch, per_element))
+
+  def get_num_bytes(self, batch: Sequence[Any]) -> int:
+    return sum(e.image.nbytes for e in batch)
+
+  def get_metrics_namespace(self) -> str:
+    return "pseudo_label_inference"

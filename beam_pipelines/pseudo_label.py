@@ -1,0 +1,612 @@
+"""Pseudo-labeling on Apache Beam: every teacher over a corpus, one multi-task data set out.
+
+  python -m beam_pipelines.pseudo_label --runner=DirectRunner \\
+      --input_pattern 'out/world/corpus/images/*/*' \\
+      --teachers_config configs/pipelines/pseudo_label_demo.yaml \\
+      --output_dir out/pseudo_labeled
+
+  python -m beam_pipelines.pseudo_label --runner DataflowRunner \\
+      --project PROJECT --region REGION --temp_location gs://BUCKET/tmp \\
+      --setup_file ./setup.py \\
+      --input_pattern 'gs://BUCKET/corpus/*/*' --teachers_config CONFIG.yaml \\
+      --output_dir gs://BUCKET/pseudo_labeled
+
+Input is a file pattern of images (JPEG, PNG, GIF, BMP, WebP, TIFF; any Beam
+file system) or of TFRecord shards of tf.Examples in `must.schema` form, which
+may carry ground truth for some tasks (`--input_format`). Steps, each a
+labelled composite transform, with the image id as the key throughout:
+
+  ReadCorpus      match files / read records, decode per element; undecodable
+                  inputs go to the dead letters with their path and a reason
+  RunTeachers     `RunInference` with `inference.TeachersModelHandler`: one
+                  fused handler running every teacher on each batch (default),
+                  or one RunInference per teacher joined by id (`--inference_mode
+                  per_teacher`)
+  MakeExamples    each task's `pseudo_label` (the paper's recipe, thresholds
+                  from the config), ground truth of the input kept where present,
+                  encoded with `must.schema.Schema`
+  WriteOutputs    sharded TFRecords (`pseudo_labeled-*.tfrecord`), dead letters
+                  (`dead_letters.jsonl`), and `summary.json`: counts per stage,
+                  per-task label statistics, dead-letter reasons, the resolved
+                  config and the teacher versions
+
+Images in = examples out + dead letters, and the summary says whether it holds.
+
+The teachers config (YAML):
+
+  teachers:                  # one per task
+    - {task: classification, path: out/teachers/classification/export, batch_size: 16}
+  thresholds:                # keyword arguments of each task's pseudo_label
+    detection: {min_score: 0.5}
+    segmentation: {min_confidence: 0.5}
+  task_params:               # optional: schema parameters per task; by default
+    classification: {num_classes: 11}   # num_classes from each teacher.json
+"""
+import argparse
+import inspect
+import json
+import logging
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import apache_beam as beam
+from apache_beam import coders
+from apache_beam.io import filebasedsink
+from apache_beam.io import fileio
+from apache_beam.io import filesystems
+from apache_beam.ml.inference import base as inference_base
+from apache_beam.options import pipeline_options
+import numpy as np
+import tensorflow as tf
+import yaml
+
+import must  # noqa: F401  (legacy Keras switch before TensorFlow loads)
+from beam_pipelines import decode
+from beam_pipelines import inference
+from must import schema as schema_lib
+from must import tasks as tasks_lib
+
+IMAGES = "images"
+TFRECORD = "tfrecord"
+FUSED = "fused"
+PER_TEACHER = "per_teacher"
+EXAMPLES_PREFIX = "pseudo_labeled"
+DEAD_LETTERS_FILE = "dead_letters.jsonl"
+SUMMARY_FILE = "summary.json"
+LABELING_FAILED = "labeling_failed"
+SCORE_BINS = 10
+_CONFIG_KEYS = {"teachers", "thresholds", "task_params"}
+_TEACHER_KEYS = {"task", "path", "batch_size"}
+_NAMESPACE = "pseudo_label"
+
+
+class PseudoLabelOptions(pipeline_options.PipelineOptions):
+  """Options of the pseudo-labeling pipeline (beside Beam's own)."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input_pattern",
+                        help="Images or TFRecord shards; any Beam file system.")
+    parser.add_argument("--input_format", default=IMAGES, choices=(IMAGES, TFRECORD),
+                        help="Image files, or TFRecords of tf.Examples in the schema.")
+    parser.add_argument("--teachers_config",
+                        help="YAML: teachers (task, path, batch_size), thresholds.")
+    parser.add_argument("--output_dir", help="Where the outputs go.")
+    parser.add_argument("--num_shards", type=int, default=0,
+                        help="Output TFRecord shards; 0 lets the runner decide.")
+    parser.add_argument("--max_pixels", type=int, default=decode.DEFAULT_MAX_PIXELS,
+                        help="Images with more pixels go to the dead letters.")
+    parser.add_argument("--inference_mode", default=FUSED, choices=(FUSED, PER_TEACHER),
+                        help="One handler running every teacher per batch, or one "
+                        "RunInference per teacher joined by image id.")
+
+
+# -- Config ---------------------------------------------------------------------
+
+
+def read_text(path: str) -> str:
+  """A text file through Beam's file systems."""
+  with filesystems.FileSystems.open(path) as f:
+    return f.read().decode()
+
+
+def resolve_config(raw: Mapping[str, Any], where: str = "teachers config",
+                   metadata_fn: Callable[[str], dict] = inference.read_metadata) -> dict:
+  """Checks a teachers config and fills in what the teachers' metadata says.
+
+  Args:
+    raw: the parsed YAML.
+    where: named in error messages.
+    metadata_fn: teacher path -> its `teacher.json` contents.
+
+  Returns:
+    {'teachers': [{task, path, batch_size, name, version, input_size}],
+     'thresholds': {task: kwargs}, 'task_params': {task: params}}.
+
+  Raises:
+    ValueError: unknown keys, unknown tasks, duplicate teachers, a teacher
+      whose metadata names another task, or thresholds the task does not take.
+  """
+  unknown = set(raw) - _CONFIG_KEYS
+  if unknown:
+    raise ValueError(f"{where}: unknown keys {sorted(unknown)}; valid: {sorted(_CONFIG_KEYS)}")
+  teachers, seen = [], set()
+  for entry in raw.get("teachers") or []:
+    bad = set(entry) - _TEACHER_KEYS
+    if bad or "task" not in entry or "path" not in entry:
+      raise ValueError(f"{where}: teacher {entry} needs task and path; valid keys: "
+                       f"{sorted(_TEACHER_KEYS)}")
+    task = entry["task"]
+    tasks_lib.get(task)
+    if task in seen:
+      raise ValueError(f"{where}: two teachers for {task}")
+    seen.add(task)
+    batch_size = int(entry.get("batch_size", 8))
+    if batch_size < 1:
+      raise ValueError(f"{where}: {task} batch_size must be >= 1, got {batch_size}")
+    metadata = metadata_fn(entry["path"])
+    if metadata.get("task") != task:
+      raise ValueError(f"{where}: {entry['path']} is a {metadata.get('task')} teacher, "
+                       f"listed as {task}")
+    teachers.append({"task": task, "path": entry["path"], "batch_size": batch_size,
+                     "name": metadata.get("experiment", task),
+                     "version": str(metadata.get("version", "")),
+                     "input_size": list(metadata["input_size"]),
+                     "num_classes": metadata.get("num_classes")})
+  if not teachers:
+    raise ValueError(f"{where}: lists no teachers")
+  thresholds = {k: dict(v or {}) for k, v in (raw.get("thresholds") or {}).items()}
+  for task in thresholds:
+    if task not in seen:
+      raise ValueError(f"{where}: thresholds for {task}, which has no teacher")
+  task_params = {t["task"]: ({"num_classes": t["num_classes"]} if t["num_classes"] else {})
+                 for t in teachers}
+  for task, params in (raw.get("task_params") or {}).items():
+    tasks_lib.get(task)
+    task_params[task] = dict(params or {})
+  schema = schema_lib.Schema(task_params)
+  for task, kwargs in thresholds.items():  # Unknown names fail here, not on workers.
+    accepted = set(inspect.signature(schema.tasks[task].pseudo_label).parameters) - {
+        "outputs", "image_size"}
+    if set(kwargs) - accepted:
+      raise ValueError(f"{where}: unknown {task} thresholds {sorted(set(kwargs) - accepted)}; "
+                       f"valid: {sorted(accepted)}")
+  return {"teachers": teachers, "thresholds": thresholds, "task_params": task_params}
+
+
+def load_config(path: str, **kwargs) -> dict:
+  """Reads and resolves a teachers config YAML (any Beam file system)."""
+  return resolve_config(yaml.safe_load(read_text(path)) or {}, where=path, **kwargs)
+
+
+# -- TFRecords -------------------------------------------------------------------
+# Beam's own TFRecord source and sink need a crc32c package (python-snappy,
+# google-crc32c or crcmod), which the pinned stack does not have; TensorFlow's
+# record reader and writer compute it natively. Beam's file-based sink still
+# does the sharding, temp files and exactly-once finalize.
+
+
+class _TFRecordSink(filebasedsink.FileBasedSink):
+  """Beam file-based sink whose shard files are written by `tf.io.TFRecordWriter`.
+
+  Shard and temp paths must be on a file system both Beam and TensorFlow
+  reach (local, gs://).
+  """
+
+  def __init__(self, file_path_prefix: str, file_name_suffix: str = "", num_shards: int = 0):
+    super().__init__(file_path_prefix, coder=coders.BytesCoder(),
+                     file_name_suffix=file_name_suffix, num_shards=num_shards,
+                     mime_type="application/octet-stream")
+
+  def open(self, temp_path):
+    return tf.io.TFRecordWriter(temp_path)
+
+  def write_record(self, file_handle, value):
+    file_handle.write(value)
+
+  def close(self, file_handle):
+    file_handle.close()
+
+
+class WriteTFRecords(beam.PTransform):
+  """Serialized records -> sharded TFRecord files `<prefix>-SSSSS-of-NNNNN<suffix>`."""
+
+  def __init__(self, file_path_prefix: str, file_name_suffix: str = ".tfrecord",
+               num_shards: int = 0):
+    super().__init__()
+    self.sink = _TFRecordSink(file_path_prefix, file_name_suffix, num_shards)
+
+  def expand(self, records):
+    return records | "Write" >> beam.io.Write(self.sink)
+
+
+def _read_tfrecord_file(readable_file) -> Iterator[tuple[str, bytes | str]]:
+  """(path, record) per record; a shard that stops reading gives (path, error text)
+  as its last element, which decoding turns into a dead letter."""
+  path = readable_file.metadata.path
+  try:
+    for record in tf.data.TFRecordDataset(path):
+      yield path, record.numpy()
+  except tf.errors.OpError as e:
+    yield path, f"{type(e).__name__}: {e.message}"
+
+
+class ReadTFRecords(beam.PTransform):
+  """A file pattern of TFRecord shards -> (shard path, record), one shard per element
+  read by TensorFlow, then redistributed."""
+
+  def __init__(self, pattern: str):
+    super().__init__()
+    self.pattern = pattern
+
+  def expand(self, pbegin):
+    return (pbegin
+            | "MatchShards" >> fileio.MatchFiles(self.pattern)
+            | "ReadMatches" >> fileio.ReadMatches()
+            | "ReadRecords" >> beam.FlatMap(_read_tfrecord_file)
+            | "Redistribute" >> beam.Reshuffle())
+
+
+# -- Steps ----------------------------------------------------------------------
+
+
+class ReadCorpus(beam.PTransform):
+  """Matches and decodes the corpus.
+
+  Returns:
+    {'decoded': `decode.Decoded` elements, 'dead_letters': dicts,
+     'count': one int, the number of inputs}.
+  """
+
+  def __init__(self, pattern: str, input_format: str = IMAGES,
+               max_pixels: int = decode.DEFAULT_MAX_PIXELS):
+    super().__init__()
+    self.pattern, self.input_format, self.max_pixels = pattern, input_format, max_pixels
+
+  def expand(self, pbegin):
+    if self.input_format == IMAGES:
+      raw = (pbegin
+             | "MatchFiles" >> fileio.MatchFiles(self.pattern)
+             | "ReadMatches" >> fileio.ReadMatches())
+      dofn = decode.DecodeImageFiles(self.max_pixels)
+    elif self.input_format == TFRECORD:
+      raw = pbegin | "ReadTFRecords" >> ReadTFRecords(self.pattern)
+      dofn = decode.DecodeExamples(self.max_pixels)
+    else:
+      raise ValueError(f"unknown input format {self.input_format!r}; valid: {(IMAGES, TFRECORD)}")
+    counted = raw | "CountInputs" >> beam.Map(_count, "images_in")
+    outputs = counted | "Decode" >> beam.ParDo(dofn).with_outputs(
+        decode.DEAD_LETTERS, main="decoded")
+    return {"decoded": outputs.decoded, "dead_letters": outputs[decode.DEAD_LETTERS],
+            "count": counted | "Count" >> beam.combiners.Count.Globally()}
+
+
+def _count(element, name: str):
+  beam.metrics.Metrics.counter(_NAMESPACE, name).inc()
+  return element
+
+
+def _handler(specs, loader):
+  return inference.TeachersModelHandler(specs, **({"loader": loader} if loader else {}))
+
+
+def _merge_by_id(item) -> Iterator[tuple[Any, dict]]:
+  """CoGroupByKey result -> (element, {task: outputs}) per element of that id."""
+  _, groups = item
+  outputs = {}
+  for task, results in groups.items():
+    if task != "element" and results:
+      outputs.update(results[0])  # Same id = same bytes = same outputs.
+  for element in groups["element"]:
+    yield element, outputs
+
+
+class RunTeachers(beam.PTransform):
+  """Decoded elements -> (element, {task: raw outputs at the teacher's size}).
+
+  Args:
+    specs: the teachers.
+    loader: path -> teacher (default `must.serving.load`).
+    mode: FUSED (one RunInference, every teacher per batch) or PER_TEACHER
+      (one RunInference per teacher, joined by image id with CoGroupByKey).
+  """
+
+  def __init__(self, specs: Sequence[inference.TeacherSpec], loader=None, mode: str = FUSED):
+    super().__init__()
+    self.specs, self.loader, self.mode = list(specs), loader, mode
+
+  def expand(self, decoded):
+    if self.mode == FUSED:
+      return decoded | "RunInference" >> inference_base.RunInference(
+          _handler(self.specs, self.loader))
+    if self.mode != PER_TEACHER:
+      raise ValueError(f"unknown inference mode {self.mode!r}; valid: {(FUSED, PER_TEACHER)}")
+    branches = {"element": decoded | "KeyById" >> beam.Map(lambda e: (e.id, e))}
+    for spec in self.specs:
+      branches[spec.task] = (
+          decoded
+          | f"RunInference[{spec.task}]" >> inference_base.RunInference(
+              _handler([spec], self.loader))
+          | f"KeyOutputs[{spec.task}]" >> beam.Map(lambda r: (r[0].id, r[1])))
+    return (branches
+            | "JoinById" >> beam.CoGroupByKey()
+            | "Merge" >> beam.FlatMap(_merge_by_id))
+
+
+def label_stats(label: Any) -> dict[str, Any]:
+  """Summary numbers of one label, read from its fields (no task names)."""
+  stats = {}
+  if hasattr(label, "probs"):
+    stats["class"] = int(np.argmax(label.probs))
+  if hasattr(label, "boxes"):
+    stats["boxes"] = int(len(label.boxes))
+    scores = np.ones(len(label.boxes)) if label.scores is None else np.asarray(label.scores)
+    stats["score_histogram"] = np.histogram(np.clip(scores, 0, 1), SCORE_BINS,
+                                            (0.0, 1.0))[0].tolist()
+  if hasattr(label, "mask"):
+    mask = np.asarray(label.mask)
+    stats["ignored_pixels"] = int(np.sum(mask == 255))
+    stats["pixels"] = int(mask.size)
+  for field in ("depth", "normals"):
+    if hasattr(label, field):
+      values = np.asarray(getattr(label, field))
+      finite = values[np.isfinite(values)]
+      stats["pixels"] = int(values.shape[0] * values.shape[1])
+      stats["valid_pixels"] = int(np.all(np.isfinite(values.reshape(
+          values.shape[0], values.shape[1], -1)), axis=-1).sum())
+      if field == "depth" and finite.size:
+        stats["min"], stats["max"] = float(finite.min()), float(finite.max())
+  return stats
+
+
+class MakeExamplesFn(beam.DoFn):
+  """(element, outputs) -> serialized tf.Example, plus its stats on 'stats'.
+
+  Tasks with ground truth in the input example keep it (copied feature by
+  feature, provenance included); every other task with a teacher gets the
+  pseudo label. A failure goes to the dead letters, keeping the counts
+  balanced.
+  """
+
+  def __init__(self, config: Mapping[str, Any]):
+    self.config = config
+
+  def setup(self):
+    self.schema = schema_lib.Schema(self.config["task_params"])
+    self.teachers = {t["task"]: t for t in self.config["teachers"]}
+    self.provenance = {t["task"]: schema_lib.Provenance.pseudo(t["name"], t["version"])
+                       for t in self.config["teachers"]}
+    self.out = beam.metrics.Metrics.counter(_NAMESPACE, "examples_out")
+    self.kept = beam.metrics.Metrics.counter(_NAMESPACE, "ground_truth_kept")
+    self.failed = beam.metrics.Metrics.counter(_NAMESPACE, "dead_letters")
+
+  def process(self, item) -> Iterator[Any]:
+    element, outputs = item
+    try:
+      record, stats = self._make(element, outputs)
+    except Exception as e:  # pylint: disable=broad-except  (one image never fails the job)
+      self.failed.inc()
+      yield beam.pvalue.TaggedOutput(decode.DEAD_LETTERS, decode.dead_letter(
+          element.path, LABELING_FAILED, f"{type(e).__name__}: {e}"))
+      return
+    self.out.inc()
+    yield record
+    yield beam.pvalue.TaggedOutput("stats", stats)
+
+  def _make(self, element: decode.Decoded, outputs: Mapping[str, Any]):
+    truth = [t for t in decode.ground_truth_tasks(element.example) if t in self.schema.tasks]
+    labels, stats = {}, {}
+    for task, task_outputs in outputs.items():
+      if task in truth:
+        continue
+      resized = inference.resize_outputs(task_outputs, self.teachers[task]["input_size"],
+                                         element.image_size)
+      labels[task] = self.schema.tasks[task].pseudo_label(
+          resized, element.image_size, **self.config["thresholds"].get(task, {}))
+      stats[task] = {"source": schema_lib.PSEUDO, **label_stats(labels[task])}
+    example = self.schema.encode(
+        element.image, labels, provenance={t: self.provenance[t] for t in labels},
+        encoded=element.encoded, image_format=element.image_format, source_id=element.id)
+    feature = example.features.feature
+    if truth:
+      source = element.example.features.feature
+      for task in truth:
+        keys = [*self.schema.tasks[task].feature_spec(), schema_lib.source_key(task),
+                schema_lib.model_key(task)]
+        for key in keys:
+          if key in source:
+            feature[key].CopyFrom(source[key])
+        stats[task] = {"source": schema_lib.GROUND_TRUTH}
+        self.kept.inc()
+    feature["image/filename"].bytes_list.value.append(element.path.encode())
+    return example.SerializeToString(deterministic=True), stats
+
+
+class LabelStatsFn(beam.CombineFn):
+  """Per-example task stats -> per-task totals and histograms."""
+
+  def create_accumulator(self):
+    return {}
+
+  def add_input(self, acc, stats):
+    for task, s in stats.items():
+      t = acc.setdefault(task, {"pseudo": 0, "ground_truth": 0})
+      t[s["source"]] += 1
+      if "class" in s:
+        hist = t.setdefault("class_histogram", {})
+        hist[str(s["class"])] = hist.get(str(s["class"]), 0) + 1
+      if "boxes" in s:
+        hist = t.setdefault("boxes_per_image_histogram", {})
+        hist[str(s["boxes"])] = hist.get(str(s["boxes"]), 0) + 1
+        t["boxes"] = t.get("boxes", 0) + s["boxes"]
+        t["score_histogram"] = [a + b for a, b in zip(
+            t.get("score_histogram", [0] * SCORE_BINS), s["score_histogram"])]
+      for key in ("ignored_pixels", "pixels", "valid_pixels"):
+        if key in s:
+          t[key] = t.get(key, 0) + s[key]
+      if "min" in s:
+        t["min"] = min(t.get("min", s["min"]), s["min"])
+        t["max"] = max(t.get("max", s["max"]), s["max"])
+    return acc
+
+  def merge_accumulators(self, accumulators):
+    merged = {}
+    for acc in accumulators:
+      for task, t in acc.items():
+        m = merged.setdefault(task, {"pseudo": 0, "ground_truth": 0})
+        for key, value in t.items():
+          if key in ("class_histogram", "boxes_per_image_histogram"):
+            hist = m.setdefault(key, {})
+            for k, v in value.items():
+              hist[k] = hist.get(k, 0) + v
+          elif key == "score_histogram":
+            m[key] = [a + b for a, b in zip(m.get(key, [0] * SCORE_BINS), value)]
+          elif key == "min":
+            m[key] = min(m.get(key, value), value)
+          elif key == "max":
+            m[key] = max(m.get(key, value), value)
+          else:
+            m[key] = m.get(key, 0) + value
+    return merged
+
+  def extract_output(self, acc):
+    for t in acc.values():
+      if t.get("pseudo") and "boxes" in t:
+        t["boxes_per_image"] = t["boxes"] / t["pseudo"]
+      if "ignored_pixels" in t and t.get("pixels"):
+        t["ignored_pixel_fraction"] = t["ignored_pixels"] / t["pixels"]
+      if "min" in t:
+        t["range"] = [t.pop("min"), t.pop("max")]
+      for key in ("class_histogram", "boxes_per_image_histogram"):
+        if key in t:
+          t[key] = dict(sorted(t[key].items(), key=lambda kv: int(kv[0])))
+    return dict(sorted(acc.items()))
+
+
+def _reasons(dead_letters: Sequence[str]) -> dict[str, int]:
+  counts = {}
+  for reason in dead_letters:
+    counts[reason] = counts.get(reason, 0) + 1
+  return dict(sorted(counts.items()))
+
+
+def make_summary(_, images_in: int, examples_out: int, reasons: dict, task_stats: dict,
+                 config: Mapping[str, Any]) -> str:
+  """The run summary as JSON text."""
+  dead = sum(reasons.values())
+  return json.dumps({
+      "counts": {"images_in": images_in, "examples_out": examples_out,
+                 "dead_letters": dead,
+                 "balanced": images_in == examples_out + dead},
+      "dead_letter_reasons": reasons,
+      "tasks": task_stats,
+      "teachers": {t["task"]: f"{t['name']}@{t['version']}" for t in config["teachers"]},
+      "config": config,
+  }, indent=2, sort_keys=True)
+
+
+class PseudoLabel(beam.PTransform):
+  """The whole pipeline after the input: teachers, labels, and the written outputs.
+
+  Args:
+    config: a resolved config (`resolve_config`) plus the run's options under
+      'options' (input pattern and format, output dir, shards, ...).
+    loader: path -> teacher, for tests (default `must.serving.load`).
+
+  Returns:
+    {'records', 'dead_letters', 'summary'} PCollections (the summary as JSON
+    text), after they are written under `config['options']['output_dir']`.
+  """
+
+  def __init__(self, config: Mapping[str, Any], loader=None):
+    super().__init__()
+    self.config, self.loader = dict(config), loader
+
+  def expand(self, pbegin):
+    options = self.config["options"]
+    output_dir = options["output_dir"]
+    read = pbegin | "ReadCorpus" >> ReadCorpus(
+        options["input_pattern"], options["input_format"], options["max_pixels"])
+    specs = [inference.TeacherSpec(t["task"], t["path"], t["batch_size"])
+             for t in self.config["teachers"]]
+    inferred = read["decoded"] | "RunTeachers" >> RunTeachers(
+        specs, self.loader, options["inference_mode"])
+    made = inferred | "MakeExamples" >> beam.ParDo(MakeExamplesFn(self.config)).with_outputs(
+        decode.DEAD_LETTERS, "stats", main="records")
+    records = made.records
+    dead_letters = ((read["dead_letters"], made[decode.DEAD_LETTERS])
+                    | "AllDeadLetters" >> beam.Flatten())
+
+    records | "WriteExamples" >> WriteTFRecords(
+        filesystems.FileSystems.join(output_dir, EXAMPLES_PREFIX),
+        file_name_suffix=".tfrecord", num_shards=options["num_shards"])
+    (dead_letters
+     | "DeadLetterJson" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
+     | "WriteDeadLetters" >> beam.io.WriteToText(
+         filesystems.FileSystems.join(output_dir, DEAD_LETTERS_FILE),
+         num_shards=1, shard_name_template=""))
+
+    examples_out = records | "CountOut" >> beam.combiners.Count.Globally()
+    reasons = (dead_letters
+               | "Reason" >> beam.Map(lambda d: d["reason"])
+               | "Reasons" >> beam.combiners.ToList()
+               | "CountReasons" >> beam.Map(_reasons))
+    task_stats = made.stats | "TaskStats" >> beam.CombineGlobally(LabelStatsFn())
+    summary = (pbegin
+               | "One" >> beam.Create([None])
+               | "Summary" >> beam.Map(
+                   make_summary, beam.pvalue.AsSingleton(read["count"]),
+                   beam.pvalue.AsSingleton(examples_out), beam.pvalue.AsSingleton(reasons),
+                   beam.pvalue.AsSingleton(task_stats), self.config))
+    summary | "WriteSummary" >> beam.io.WriteToText(
+        filesystems.FileSystems.join(output_dir, SUMMARY_FILE),
+        num_shards=1, shard_name_template="")
+    return {"records": records, "dead_letters": dead_letters, "summary": summary}
+
+
+def run_config(options: PseudoLabelOptions) -> dict:
+  """The resolved config of a run: the teachers config plus the run's options."""
+  view = options.view_as(PseudoLabelOptions)
+  missing = [f"--{name}" for name in ("input_pattern", "teachers_config", "output_dir")
+             if not getattr(view, name)]
+  if missing:
+    raise ValueError(f"missing options: {', '.join(missing)}")
+  config = load_config(view.teachers_config)
+  config["options"] = {
+      "input_pattern": view.input_pattern, "input_format": view.input_format,
+      "output_dir": view.output_dir, "num_shards": view.num_shards,
+      "max_pixels": view.max_pixels, "inference_mode": view.inference_mode,
+      "teachers_config": view.teachers_config,
+      "runner": options.view_as(pipeline_options.StandardOptions).runner,
+  }
+  return config
+
+
+def run(argv: Sequence[str] | None = None, loader=None) -> dict:
+  """Builds and runs the pipeline; returns the summary read back from disk."""
+  options = PseudoLabelOptions(argv)
+  standard = options.view_as(pipeline_options.StandardOptions)
+  if standard.runner is None:
+    standard.runner = "DirectRunner"  # Not left to Beam: it would try to fetch Prism.
+  options.view_as(pipeline_options.SetupOptions).save_main_session = False
+  config = run_config(options)
+  pipeline = beam.Pipeline(options=options)
+  _ = pipeline | "PseudoLabel" >> PseudoLabel(config, loader)
+  result = pipeline.run()
+  result.wait_until_finish()
+  for counter in result.metrics().query()["counters"]:
+    if counter.key.metric.namespace == _NAMESPACE:
+      logging.info("%s: %s", counter.key.metric.name, counter.committed)
+  summary_path = filesystems.FileSystems.join(config["options"]["output_dir"], SUMMARY_FILE)
+  return json.loads(read_text(summary_path))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  logging.getLogger().setLevel(logging.INFO)
+  summary = run(argv)
+  print(json.dumps(summary["counts"], indent=2))
+  if not summary["counts"]["balanced"]:
+    raise SystemExit("counts do not balance: images in != examples out + dead letters")
+
+
+if __name__ == "__main__":
+  main()

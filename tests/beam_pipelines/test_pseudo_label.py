@@ -1,0 +1,236 @@
+"""The pseudo-labeling pipeline with fake teachers: labels, thresholds,
+ground truth, the join by id, count balance, and the written shards read back."""
+import glob
+import io
+import json
+import os
+
+import apache_beam as beam
+from apache_beam.options import pipeline_options
+from apache_beam.testing import test_pipeline
+from apache_beam.testing import util
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from beam_pipelines import pseudo_label
+from must import schema as schema_lib
+from must.tasks import segmentation
+from official.vision.dataloaders import classification_input
+from official.vision.dataloaders import segmentation_input
+from official.vision.dataloaders import tf_example_decoder
+from tests.beam_pipelines import fake_teachers
+
+SIZES = [(20, 30), (48, 40), (64, 64), (33, 17)]  # (height, width): not the teachers' 32x32
+BAD = {"empty.jpg": b"", "notes.txt": b"hello\n", "truncated.png": None}
+
+
+def _image_bytes(size, seed, fmt="PNG"):
+  pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, fmt)
+  return buffer.getvalue()
+
+
+def _corpus(root) -> str:
+  os.makedirs(root / "part-000")
+  for i, size in enumerate(SIZES):
+    fmt = "JPEG" if i % 2 else "PNG"
+    (root / "part-000" / f"{i}.{fmt.lower()}").write_bytes(_image_bytes(size, i, fmt))
+  for name, data in BAD.items():
+    if data is None:
+      whole = _image_bytes((16, 16), 9)
+      data = whole[: len(whole) // 2]
+    (root / "part-000" / name).write_bytes(data)
+  return str(root / "part-*" / "*")
+
+
+def _config(tmp_path, pattern, *, thresholds=None, input_format=pseudo_label.IMAGES,
+            mode=pseudo_label.FUSED, name="out"):
+  teachers = fake_teachers.write(str(tmp_path / "teachers"))
+  raw = {"teachers": [{"task": t, "path": p, "batch_size": 2} for t, p in teachers.items()],
+         "thresholds": thresholds or {}}
+  config = pseudo_label.resolve_config(raw)
+  config["options"] = {"input_pattern": pattern, "input_format": input_format,
+                       "output_dir": str(tmp_path / name), "num_shards": 2,
+                       "max_pixels": 1_000_000, "inference_mode": mode}
+  return config
+
+
+def _options():
+  return pipeline_options.PipelineOptions(["--runner=DirectRunner"])
+
+
+def _run(config, check=None):
+  """Runs the pipeline; `check(outputs)` may add assert_that's. Returns the records."""
+  with test_pipeline.TestPipeline(options=_options()) as p:
+    outputs = p | pseudo_label.PseudoLabel(config, loader=fake_teachers.load)
+    if check:
+      check(outputs)
+  return _read_records(config["options"]["output_dir"])
+
+
+def _read_records(output_dir):
+  files = sorted(glob.glob(os.path.join(output_dir, "pseudo_labeled-*.tfrecord")))
+  return [r.numpy() for r in tf.data.TFRecordDataset(files)]
+
+
+def _summary(config):
+  with open(os.path.join(config["options"]["output_dir"], "summary.json")) as f:
+    return json.load(f)
+
+
+def _schema(config):
+  return schema_lib.Schema(config["task_params"])
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+  """The fused pipeline over a small corpus with bad files: (config, records)."""
+  tmp_path = tmp_path_factory.mktemp("default")
+  config = _config(tmp_path, _corpus(tmp_path / "corpus"))
+
+  def check(outputs):
+    util.assert_that(outputs["records"] | beam.combiners.Count.Globally(),
+                     util.equal_to([len(SIZES)]), label="AllGoodLabeled")
+    names = outputs["dead_letters"] | beam.Map(lambda d: os.path.basename(d["path"]))
+    util.assert_that(names, util.equal_to(sorted(BAD)), label="BadNamed")
+
+  return config, _run(config, check)
+
+
+def test_count_balance_and_summary(default_run):
+  config, records = default_run
+  summary = _summary(config)
+  counts = summary["counts"]
+  assert counts == {"images_in": len(SIZES) + len(BAD), "examples_out": len(SIZES),
+                    "dead_letters": len(BAD), "balanced": True}
+  assert len(records) == len(SIZES)
+  assert summary["dead_letter_reasons"] == {"empty": 1, "not_an_image": 1,
+                                            "truncated_or_corrupt": 1}
+  assert summary["teachers"]["detection"] == "fake_detection@v1"
+  tasks = summary["tasks"]
+  assert tasks["detection"]["boxes_per_image"] == 3
+  assert tasks["detection"]["score_histogram"][5] == len(SIZES)  # the 0.5 and 0.6 scores
+  assert tasks["segmentation"]["ignored_pixel_fraction"] == pytest.approx(0.5, abs=0.05)
+  assert 1.0 <= tasks["depth"]["range"][0] < tasks["depth"]["range"][1] <= 3.0
+  assert sum(tasks["classification"]["class_histogram"].values()) == len(SIZES)
+  assert summary["config"]["options"]["num_shards"] == 2
+  with open(os.path.join(config["options"]["output_dir"], "dead_letters.jsonl")) as f:
+    letters = [json.loads(line) for line in f]
+  assert sorted(os.path.basename(d["path"]) for d in letters) == sorted(BAD)
+
+
+def test_labels_follow_the_recipe_in_stored_coordinates(default_run):
+  config, records = default_run
+  schema = _schema(config)
+  sizes = set()
+  for record in records:
+    decoded = schema.decode(tf.constant(record))
+    height, width = decoded["image"].shape[:2]
+    sizes.add((height, width))
+    for task in fake_teachers.TASKS:
+      assert decoded[task]["present"] and decoded[task]["source"] == b"pseudo"
+      assert decoded[task]["model"] == f"fake_{task}@v1".encode()
+    probs = decoded["classification"]["probs"].numpy()
+    assert probs.sum() == pytest.approx(1.0, abs=1e-5) and probs.max() > 0.5
+    boxes = decoded["detection"]["boxes"].numpy()
+    np.testing.assert_allclose(boxes, fake_teachers.BOXES[:3])  # >= 0.5, zero area dropped
+    np.testing.assert_allclose(decoded["detection"]["scores"].numpy(), [0.9, 0.6, 0.5])
+    mask = decoded["segmentation"]["mask"].numpy()
+    assert mask.shape == (height, width)
+    assert (mask[:, : width // 2 - 1] == 1).all()
+    assert (mask[:, width // 2 + 1:] == segmentation.IGNORE_LABEL).all()
+    depth = decoded["depth"]["depth"].numpy()
+    assert depth.shape == (height, width) and decoded["depth"]["kind"] == b"relative_inverse"
+    assert (np.diff(depth, axis=1) >= -1e-3).all()  # the ramp survives the resize
+    example = tf.train.Example.FromString(record)
+    assert example.features.feature["image/filename"].bytes_list.value[0].endswith(
+        (b".png", b".jpeg"))
+    assert int(decoded["source_id"].numpy()) > 0
+  assert sizes == set(SIZES)
+
+
+def test_model_garden_decoders_read_the_shards(default_run):
+  config, records = default_run
+  for record in records:
+    decoded = tf_example_decoder.TfExampleDecoder().decode(tf.constant(record))
+    assert decoded["groundtruth_boxes"].shape == (3, 4)
+    np.testing.assert_array_equal(decoded["groundtruth_classes"].numpy(), [1, 2, 3])
+    assert int(decoded["source_id"].numpy()) > 0
+    seg = segmentation_input.Decoder().decode(tf.constant(record))
+    mask = tf.io.decode_image(seg["image/segmentation/class/encoded"], channels=1)
+    assert mask.shape[:2] == (decoded["height"], decoded["width"])
+    cls = classification_input.Decoder().decode(tf.constant(record))
+    assert 1 <= cls["image/class/label"].numpy() < fake_teachers.NUM_CLASSES
+  del config
+
+
+def test_thresholds_per_task(tmp_path):
+  config = _config(tmp_path, _corpus(tmp_path / "corpus"), thresholds={
+      "classification": {"top_k": 2}, "detection": {"min_score": 0.55},
+      "segmentation": {"min_confidence": 0.35}})
+  records = _run(config)
+  schema = _schema(config)
+  for record in records:
+    decoded = schema.decode(tf.constant(record))
+    assert np.count_nonzero(decoded["classification"]["probs"].numpy()) == 2
+    np.testing.assert_allclose(decoded["detection"]["scores"].numpy(), [0.9, 0.6])
+    mask = decoded["segmentation"]["mask"].numpy()
+    width = mask.shape[1]
+    assert (mask[:, width // 2 + 1:] == 2).all()
+
+
+def test_unknown_thresholds_and_keys_are_refused(tmp_path):
+  teachers = fake_teachers.write(str(tmp_path / "teachers"))
+  good = [{"task": "detection", "path": teachers["detection"]}]
+  with pytest.raises(ValueError, match="min_scor"):
+    pseudo_label.resolve_config({"teachers": good, "thresholds": {"detection": {"min_scor": 1}}})
+  with pytest.raises(ValueError, match="unknown keys"):
+    pseudo_label.resolve_config({"teachers": good, "teacher": []})
+  with pytest.raises(ValueError, match="is a detection teacher"):
+    pseudo_label.resolve_config({"teachers": [{"task": "depth", "path": teachers["detection"]}]})
+
+
+def test_per_teacher_join_by_id_gives_the_fused_records(tmp_path, default_run):
+  fused_config, fused = default_run
+  config = _config(tmp_path, fused_config["options"]["input_pattern"],
+                   mode=pseudo_label.PER_TEACHER)
+  joined = _run(config)
+  assert sorted(joined) == sorted(fused)  # Same bytes: deterministic and joined by id.
+  assert _summary(config)["counts"]["balanced"]
+
+
+def test_ground_truth_overrides_pseudo_labels(tmp_path, tiny_world):
+  pattern = os.path.join(tiny_world, "corpus/partial/*.tfrecord")
+  inputs = {}
+  for record in tf.data.TFRecordDataset(sorted(glob.glob(pattern))):
+    example = tf.train.Example.FromString(record.numpy())
+    inputs[example.features.feature["image/source_id"].bytes_list.value[0]] = example
+  config = _config(tmp_path, pattern, input_format=pseudo_label.TFRECORD)
+  records = _run(config)
+  assert len(records) == len(inputs)
+  kept = 0
+  for record in records:
+    out = tf.train.Example.FromString(record).features.feature
+    source = inputs[out["image/source_id"].bytes_list.value[0]].features.feature
+    assert out["image/encoded"] == source["image/encoded"]
+    for task in fake_teachers.TASKS:
+      key = schema_lib.source_key(task)
+      if key in source and source[key].bytes_list.value[0] == b"ground_truth":
+        kept += 1
+        task_keys = [k for k in source if k.startswith(("image/", "must/"))
+                     and k not in ("image/encoded", "image/format", "image/height",
+                                   "image/width", "image/source_id", "must/schema_version")]
+        for k in _schema(config).tasks[task].feature_spec():
+          if k in source:
+            assert out[k] == source[k], (task, k)
+        assert out[schema_lib.model_key(task)].bytes_list.value[0] == b""
+        del task_keys
+      else:
+        assert out[key].bytes_list.value[0] == b"pseudo"
+  assert kept > 0
+  summary = _summary(config)
+  assert summary["counts"]["balanced"] and summary["counts"]["images_in"] == len(inputs)
+  assert sum(t["ground_truth"] for t in summary["tasks"].values()) == kept
