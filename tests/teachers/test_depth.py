@@ -6,6 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 import yaml
 
 from must import configs
@@ -290,3 +291,17 @@ def test_input_size_must_divide_by_the_coarsest_level():
   config.task.model.input_size = [72, 72, 3]
   with pytest.raises(ValueError, match="divisible"):
     task_factory.get_task(config.task).build_model()
+
+
+def test_panoptic_fusion_head_predicts_one_channel_at_its_level():
+  config = exp_factory.get_exp_config(depth.EXPERIMENT).task.model
+  config.override({"input_size": [64, 64, 3], "backbone": {"resnet": {"depth_multiplier": 0.25}},
+                   "decoder": {"fpn": {"num_filters": 32}},
+                   "head": {"feature_fusion": "panoptic_fpn_fusion", "num_filters": 32}})
+  model = depth.build_depth_model(tf_keras.layers.InputSpec(shape=[None, 64, 64, 3]), config)
+  outputs = model(tf.zeros([2, 64, 64, 3]), training=False)
+  assert outputs["logits"].shape == (2, 16, 16, 1)
+  assert depth.outputs_to_inverse_depth(outputs, [64, 64]).shape == (2, 64, 64)
+  config.head.level = 6
+  with pytest.raises(ValueError, match="head.level"):
+    depth.build_depth_model(tf_keras.layers.InputSpec(shape=[None, 64, 64, 3]), config)
