@@ -49,17 +49,14 @@ import logging
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
-from apache_beam import coders
-from apache_beam.io import filebasedsink
 from apache_beam.io import fileio
-from apache_beam.io import filesystems
 from apache_beam.ml.inference import base as inference_base
 from apache_beam.options import pipeline_options
 import numpy as np
-import tensorflow as tf
 import yaml
 
 import must  # noqa: F401  (legacy Keras switch before TensorFlow loads)
+from beam_pipelines import common
 from beam_pipelines import decode
 from beam_pipelines import inference
 from must import schema as schema_lib
@@ -79,20 +76,16 @@ _TEACHER_KEYS = {"task", "path", "batch_size"}
 _NAMESPACE = "pseudo_label"
 
 
-class PseudoLabelOptions(pipeline_options.PipelineOptions):
-  """Options of the pseudo-labeling pipeline (beside Beam's own)."""
+class PseudoLabelOptions(common.DataOptions, pipeline_options.PipelineOptions):
+  """Options of the pseudo-labeling pipeline (beside Beam's own and `common.DataOptions`:
+  --input_pattern of images or TFRecord shards, --output_dir, --num_shards)."""
 
   @classmethod
   def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input_pattern",
-                        help="Images or TFRecord shards; any Beam file system.")
     parser.add_argument("--input_format", default=IMAGES, choices=(IMAGES, TFRECORD),
                         help="Image files, or TFRecords of tf.Examples in the schema.")
     parser.add_argument("--teachers_config",
                         help="YAML: teachers (task, path, batch_size), thresholds.")
-    parser.add_argument("--output_dir", help="Where the outputs go.")
-    parser.add_argument("--num_shards", type=int, default=0,
-                        help="Output TFRecord shards; 0 lets the runner decide.")
     parser.add_argument("--max_pixels", type=int, default=decode.DEFAULT_MAX_PIXELS,
                         help="Images with more pixels go to the dead letters.")
     parser.add_argument("--inference_mode", default=FUSED, choices=(FUSED, PER_TEACHER),
@@ -101,12 +94,6 @@ class PseudoLabelOptions(pipeline_options.PipelineOptions):
 
 
 # -- Config ---------------------------------------------------------------------
-
-
-def read_text(path: str) -> str:
-  """A text file through Beam's file systems."""
-  with filesystems.FileSystems.open(path) as f:
-    return f.read().decode()
 
 
 def resolve_config(raw: Mapping[str, Any], where: str = "teachers config",
@@ -119,7 +106,8 @@ def resolve_config(raw: Mapping[str, Any], where: str = "teachers config",
     metadata_fn: teacher path -> its `teacher.json` contents.
 
   Returns:
-    {'teachers': [{task, path, batch_size, name, version, input_size}],
+    {'teachers': [{task, path, batch_size, name, version, input_size, num_classes,
+                   class_names}],
      'thresholds': {task: kwargs}, 'task_params': {task: params}}.
 
   Raises:
@@ -151,7 +139,8 @@ def resolve_config(raw: Mapping[str, Any], where: str = "teachers config",
                      "name": metadata.get("experiment", task),
                      "version": str(metadata.get("version", "")),
                      "input_size": list(metadata["input_size"]),
-                     "num_classes": metadata.get("num_classes")})
+                     "num_classes": metadata.get("num_classes"),
+                     "class_names": metadata.get("class_names")})
   if not teachers:
     raise ValueError(f"{where}: lists no teachers")
   thresholds = {k: dict(v or {}) for k, v in (raw.get("thresholds") or {}).items()}
@@ -175,75 +164,7 @@ def resolve_config(raw: Mapping[str, Any], where: str = "teachers config",
 
 def load_config(path: str, **kwargs) -> dict:
   """Reads and resolves a teachers config YAML (any Beam file system)."""
-  return resolve_config(yaml.safe_load(read_text(path)) or {}, where=path, **kwargs)
-
-
-# -- TFRecords -------------------------------------------------------------------
-# Beam's own TFRecord source and sink need a crc32c package (python-snappy,
-# google-crc32c or crcmod), which the pinned stack does not have; TensorFlow's
-# record reader and writer compute it natively. Beam's file-based sink still
-# does the sharding, temp files and exactly-once finalize.
-
-
-class _TFRecordSink(filebasedsink.FileBasedSink):
-  """Beam file-based sink whose shard files are written by `tf.io.TFRecordWriter`.
-
-  Shard and temp paths must be on a file system both Beam and TensorFlow
-  reach (local, gs://).
-  """
-
-  def __init__(self, file_path_prefix: str, file_name_suffix: str = "", num_shards: int = 0):
-    super().__init__(file_path_prefix, coder=coders.BytesCoder(),
-                     file_name_suffix=file_name_suffix, num_shards=num_shards,
-                     mime_type="application/octet-stream")
-
-  def open(self, temp_path):
-    return tf.io.TFRecordWriter(temp_path)
-
-  def write_record(self, file_handle, value):
-    file_handle.write(value)
-
-  def close(self, file_handle):
-    file_handle.close()
-
-
-class WriteTFRecords(beam.PTransform):
-  """Serialized records -> sharded TFRecord files `<prefix>-SSSSS-of-NNNNN<suffix>`."""
-
-  def __init__(self, file_path_prefix: str, file_name_suffix: str = ".tfrecord",
-               num_shards: int = 0):
-    super().__init__()
-    self.sink = _TFRecordSink(file_path_prefix, file_name_suffix, num_shards)
-
-  def expand(self, records):
-    return records | "Write" >> beam.io.Write(self.sink)
-
-
-def _read_tfrecord_file(readable_file) -> Iterator[tuple[str, bytes | str]]:
-  """(path, record) per record; a shard that stops reading gives (path, error text)
-  as its last element, which decoding turns into a dead letter."""
-  path = readable_file.metadata.path
-  try:
-    for record in tf.data.TFRecordDataset(path):
-      yield path, record.numpy()
-  except tf.errors.OpError as e:
-    yield path, f"{type(e).__name__}: {e.message}"
-
-
-class ReadTFRecords(beam.PTransform):
-  """A file pattern of TFRecord shards -> (shard path, record), one shard per element
-  read by TensorFlow, then redistributed."""
-
-  def __init__(self, pattern: str):
-    super().__init__()
-    self.pattern = pattern
-
-  def expand(self, pbegin):
-    return (pbegin
-            | "MatchShards" >> fileio.MatchFiles(self.pattern)
-            | "ReadMatches" >> fileio.ReadMatches()
-            | "ReadRecords" >> beam.FlatMap(_read_tfrecord_file)
-            | "Redistribute" >> beam.Reshuffle())
+  return resolve_config(yaml.safe_load(common.read_text(path)) or {}, where=path, **kwargs)
 
 
 # -- Steps ----------------------------------------------------------------------
@@ -269,7 +190,7 @@ class ReadCorpus(beam.PTransform):
              | "ReadMatches" >> fileio.ReadMatches())
       dofn = decode.DecodeImageFiles(self.max_pixels)
     elif self.input_format == TFRECORD:
-      raw = pbegin | "ReadTFRecords" >> ReadTFRecords(self.pattern)
+      raw = pbegin | "ReadTFRecords" >> common.ReadTFRecords(self.pattern)
       dofn = decode.DecodeExamples(self.max_pixels)
     else:
       raise ValueError(f"unknown input format {self.input_format!r}; valid: {(IMAGES, TFRECORD)}")
@@ -332,13 +253,24 @@ class RunTeachers(beam.PTransform):
             | "Merge" >> beam.FlatMap(_merge_by_id))
 
 
+def _counts(values: np.ndarray) -> dict[int, int]:
+  ids, counts = np.unique(np.asarray(values).reshape(-1), return_counts=True)
+  return {int(i): int(c) for i, c in zip(ids, counts)}
+
+
 def label_stats(label: Any) -> dict[str, Any]:
-  """Summary numbers of one label, read from its fields (no task names)."""
+  """Summary numbers of one label, read from its fields (no task names).
+
+  `class_counts` is {class id: count}: the argmax class of a distribution
+  (count 1), boxes per class, or labeled (not ignored) pixels per class of a
+  mask.
+  """
   stats = {}
   if hasattr(label, "probs"):
-    stats["class"] = int(np.argmax(label.probs))
+    stats["class_counts"] = {int(np.argmax(label.probs)): 1}
   if hasattr(label, "boxes"):
     stats["boxes"] = int(len(label.boxes))
+    stats["class_counts"] = _counts(label.classes)
     scores = np.ones(len(label.boxes)) if label.scores is None else np.asarray(label.scores)
     stats["score_histogram"] = np.histogram(np.clip(scores, 0, 1), SCORE_BINS,
                                             (0.0, 1.0))[0].tolist()
@@ -346,6 +278,7 @@ def label_stats(label: Any) -> dict[str, Any]:
     mask = np.asarray(label.mask)
     stats["ignored_pixels"] = int(np.sum(mask == 255))
     stats["pixels"] = int(mask.size)
+    stats["class_counts"] = _counts(mask[mask != 255])
   for field in ("depth", "normals"):
     if hasattr(label, field):
       values = np.asarray(getattr(label, field))
@@ -422,7 +355,8 @@ class MakeExamplesFn(beam.DoFn):
 
 
 class LabelStatsFn(beam.CombineFn):
-  """Per-example task stats -> per-task totals and histograms."""
+  """Per-example task stats (`label_stats` plus 'source') -> per-task totals and
+  histograms: `class_histogram` sums the examples' `class_counts`."""
 
   def create_accumulator(self):
     return {}
@@ -431,9 +365,9 @@ class LabelStatsFn(beam.CombineFn):
     for task, s in stats.items():
       t = acc.setdefault(task, {"pseudo": 0, "ground_truth": 0})
       t[s["source"]] += 1
-      if "class" in s:
+      for cls, count in s.get("class_counts", {}).items():
         hist = t.setdefault("class_histogram", {})
-        hist[str(s["class"])] = hist.get(str(s["class"]), 0) + 1
+        hist[str(cls)] = hist.get(str(cls), 0) + count
       if "boxes" in s:
         hist = t.setdefault("boxes_per_image_histogram", {})
         hist[str(s["boxes"])] = hist.get(str(s["boxes"]), 0) + 1
@@ -480,13 +414,6 @@ class LabelStatsFn(beam.CombineFn):
         if key in t:
           t[key] = dict(sorted(t[key].items(), key=lambda kv: int(kv[0])))
     return dict(sorted(acc.items()))
-
-
-def _reasons(dead_letters: Sequence[str]) -> dict[str, int]:
-  counts = {}
-  for reason in dead_letters:
-    counts[reason] = counts.get(reason, 0) + 1
-  return dict(sorted(counts.items()))
 
 
 def make_summary(_, images_in: int, examples_out: int, reasons: dict, task_stats: dict,
@@ -536,20 +463,14 @@ class PseudoLabel(beam.PTransform):
     dead_letters = ((read["dead_letters"], made[decode.DEAD_LETTERS])
                     | "AllDeadLetters" >> beam.Flatten())
 
-    records | "WriteExamples" >> WriteTFRecords(
-        filesystems.FileSystems.join(output_dir, EXAMPLES_PREFIX),
+    records | "WriteExamples" >> common.WriteTFRecords(
+        common.join(output_dir, EXAMPLES_PREFIX),
         file_name_suffix=".tfrecord", num_shards=options["num_shards"])
-    (dead_letters
-     | "DeadLetterJson" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
-     | "WriteDeadLetters" >> beam.io.WriteToText(
-         filesystems.FileSystems.join(output_dir, DEAD_LETTERS_FILE),
-         num_shards=1, shard_name_template=""))
+    dead_letters | "WriteDeadLetters" >> common.WriteJsonLines(
+        common.join(output_dir, DEAD_LETTERS_FILE))
 
     examples_out = records | "CountOut" >> beam.combiners.Count.Globally()
-    reasons = (dead_letters
-               | "Reason" >> beam.Map(lambda d: d["reason"])
-               | "Reasons" >> beam.combiners.ToList()
-               | "CountReasons" >> beam.Map(_reasons))
+    reasons = dead_letters | "CountReasons" >> common.CountReasons()
     task_stats = made.stats | "TaskStats" >> beam.CombineGlobally(LabelStatsFn())
     summary = (pbegin
                | "One" >> beam.Create([None])
@@ -557,19 +478,14 @@ class PseudoLabel(beam.PTransform):
                    make_summary, beam.pvalue.AsSingleton(read["count"]),
                    beam.pvalue.AsSingleton(examples_out), beam.pvalue.AsSingleton(reasons),
                    beam.pvalue.AsSingleton(task_stats), self.config))
-    summary | "WriteSummary" >> beam.io.WriteToText(
-        filesystems.FileSystems.join(output_dir, SUMMARY_FILE),
-        num_shards=1, shard_name_template="")
+    summary | "WriteSummary" >> common.WriteSingleFile(common.join(output_dir, SUMMARY_FILE))
     return {"records": records, "dead_letters": dead_letters, "summary": summary}
 
 
 def run_config(options: PseudoLabelOptions) -> dict:
   """The resolved config of a run: the teachers config plus the run's options."""
   view = options.view_as(PseudoLabelOptions)
-  missing = [f"--{name}" for name in ("input_pattern", "teachers_config", "output_dir")
-             if not getattr(view, name)]
-  if missing:
-    raise ValueError(f"missing options: {', '.join(missing)}")
+  common.require(view, ("input_pattern", "teachers_config", "output_dir"))
   config = load_config(view.teachers_config)
   config["options"] = {
       "input_pattern": view.input_pattern, "input_format": view.input_format,
@@ -583,21 +499,12 @@ def run_config(options: PseudoLabelOptions) -> dict:
 
 def run(argv: Sequence[str] | None = None, loader=None) -> dict:
   """Builds and runs the pipeline; returns the summary read back from disk."""
-  options = PseudoLabelOptions(argv)
-  standard = options.view_as(pipeline_options.StandardOptions)
-  if standard.runner is None:
-    standard.runner = "DirectRunner"  # Not left to Beam: it would try to fetch Prism.
-  options.view_as(pipeline_options.SetupOptions).save_main_session = False
+  options = common.make_options(PseudoLabelOptions, argv)
   config = run_config(options)
-  pipeline = beam.Pipeline(options=options)
-  _ = pipeline | "PseudoLabel" >> PseudoLabel(config, loader)
-  result = pipeline.run()
-  result.wait_until_finish()
-  for counter in result.metrics().query()["counters"]:
-    if counter.key.metric.namespace == _NAMESPACE:
-      logging.info("%s: %s", counter.key.metric.name, counter.committed)
-  summary_path = filesystems.FileSystems.join(config["options"]["output_dir"], SUMMARY_FILE)
-  return json.loads(read_text(summary_path))
+  common.run_pipeline(options, lambda p: p | "PseudoLabel" >> PseudoLabel(config, loader),
+                      _NAMESPACE)
+  summary_path = common.join(config["options"]["output_dir"], SUMMARY_FILE)
+  return json.loads(common.read_text(summary_path))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
