@@ -14,6 +14,7 @@ record reader and writer compute it natively. Beam's file-based sink still does
 the sharding, temp files and exactly-once finalize.
 """
 import argparse
+import hashlib
 import json
 import logging
 from typing import Any, Callable, Iterator, Sequence
@@ -27,6 +28,12 @@ from apache_beam.options import pipeline_options
 import tensorflow as tf
 
 DEFAULT_RUNNER = "DirectRunner"
+HASH_SPACE = 16 ** 15  # stable_hash values are in [0, HASH_SPACE)
+
+
+def stable_hash(text: str) -> int:
+  """A hash of `text` that is the same on every machine, run and Python."""
+  return int(hashlib.sha1(text.encode()).hexdigest()[:15], 16)
 
 
 class DataOptions(pipeline_options.PipelineOptions):

@@ -45,7 +45,6 @@ the dead letters with its reason, never stopping the run.
 """
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 from typing import Any, Iterator, Mapping, Sequence
@@ -67,11 +66,11 @@ MANIFEST_FILE = "manifest.jsonl"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"
 SUMMARY_FILE = "summary.json"
 _NAMESPACE = "export"
-_HASH_SPACE = 16 ** 15
 
 
 class ExportOptions(shards.LabeledShardsOptions, pipeline_options.PipelineOptions):
-  """Options of the export (beside Beam's, `common.DataOptions` and the shard reader's)."""
+  """Options of the export (beside Beam's, `common.DataOptions` and the shard reader's:
+  --classes, --min_score, --seed and --top_k)."""
 
   @classmethod
   def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
@@ -86,8 +85,6 @@ class ExportOptions(shards.LabeledShardsOptions, pipeline_options.PipelineOption
                         help="Training records per class and task (0: no balancing).")
     parser.add_argument("--holdout_fraction", type=float, default=0.0,
                         help="Fraction of image ids held out (by hash of the id).")
-    parser.add_argument("--top_k", type=int, default=5,
-                        help="Classes per image in files/classification.jsonl.")
 
 
 # -- Config ---------------------------------------------------------------------
@@ -137,21 +134,17 @@ def selection_of(config: Mapping[str, Any]) -> exporters.Selection:
 # -- Ids ------------------------------------------------------------------------
 
 
-def _hash(text: str) -> int:
-  return int(hashlib.sha1(text.encode()).hexdigest()[:15], 16)
-
-
 def split_of(image_id: str, holdout_fraction: float) -> str:
   """HOLDOUT when the id's hash falls under the fraction: stable across runs and
   seeds, and raising the fraction only moves images from TRAIN to HOLDOUT."""
-  return HOLDOUT if _hash(image_id) < holdout_fraction * _HASH_SPACE else TRAIN
+  return HOLDOUT if common.stable_hash(image_id) < holdout_fraction * common.HASH_SPACE else TRAIN
 
 
 def coco_image_id(image_id: str) -> int:
   """The image id as a COCO integer id (decimal ids as they are)."""
   if image_id.isdigit() and int(image_id) < 2 ** 63:
     return int(image_id)
-  return _hash(image_id)
+  return common.stable_hash(image_id)
 
 
 # -- Steps ----------------------------------------------------------------------
@@ -257,7 +250,7 @@ def assign_copies(item, target: int, seed: int) -> Iterator[tuple[str, tuple[int
     for _, _, image_id in members:
       yield image_id, (1, cls)
     return
-  order = sorted(members, key=lambda m: _hash(f"{seed}:{m[2]}"))
+  order = sorted(members, key=lambda m: common.stable_hash(f"{seed}:{m[2]}"))
   base, extra = divmod(target, len(order))
   for rank, (_, _, image_id) in enumerate(order):
     yield image_id, (base + (rank < extra), cls)
@@ -293,7 +286,7 @@ class Balance(beam.PTransform):
     balanced = (keyed
                 | "WithKey" >> beam.Filter(lambda kv: kv[1] is not None)
                 | "ByClass" >> beam.Map(
-                    lambda kv: (kv[1][0], (kv[1][1], _hash(f"{seed}:{kv[0]}"), kv[0])))
+                    lambda kv: (kv[1][0], (kv[1][1], common.stable_hash(f"{seed}:{kv[0]}"), kv[0])))
                 | "TopPerClass" >> beam.combiners.Top.PerKey(self.target)
                 | "Copies" >> beam.FlatMap(assign_copies, self.target, seed))
     return (unbalanced, balanced) | "All" >> beam.Flatten()

@@ -7,6 +7,7 @@ interface. Everything here is NumPy and runs inside Beam DoFns.
   from_decoded      the task's part of `Schema.decode` (as NumPy) -> its label dataclass
   select            minimum score and class subset -> the label to export, or a reason
   balance_key       (class, score) for per-class balancing; None: not balanced
+  scored_classes    the (class, score or None) items filters by class or score look at
   files             per-image files, {file name: bytes}
   json_line         one JSON line per image (tasks with `writes_json_lines`)
   coco_annotations  COCO annotations of the image (tasks with `writes_coco`)
@@ -76,6 +77,11 @@ class Exporter(abc.ABC):
     """(class, score): the class it is balanced under and its rank within it."""
     del label
     return None
+
+  def scored_classes(self, label: Any) -> list[tuple[int, float | None]]:
+    """What a filter by class or score looks at: (class, score or None) items."""
+    del label
+    return []
 
   def files(self, image_id: str, label: Any) -> dict[str, bytes]:
     """Per-image files of this task: file name -> bytes."""
@@ -148,6 +154,9 @@ class ClassificationExporter(Exporter):
   def balance_key(self, label):
     return int(np.argmax(label.probs)), float(np.max(label.probs))
 
+  def scored_classes(self, label):
+    return [self.balance_key(label)]
+
   def json_line(self, image_id, label, names, top_k):
     probs = np.asarray(label.probs)
     top = [int(i) for i in np.argsort(-probs, kind="stable")[:top_k] if probs[i] > 0]
@@ -189,6 +198,9 @@ class DetectionExporter(Exporter):
     best = int(np.argmax(label.scores))
     return int(label.classes[best]), float(label.scores[best])
 
+  def scored_classes(self, label):
+    return [(int(c), float(s)) for c, s in zip(label.classes, label.scores)]
+
   def coco_annotations(self, label, image_size):
     height, width = image_size
     annotations = []
@@ -228,6 +240,10 @@ class SegmentationExporter(Exporter):
     if not objects.size:
       return 0, labeled
     return int(np.argmax(np.bincount(objects))), labeled
+
+  def scored_classes(self, label):
+    mask = np.asarray(label.mask)
+    return [(int(c), None) for c in np.unique(mask) if c not in (0, segmentation.IGNORE_LABEL)]
 
   def files(self, image_id, label):
     return {f"{image_id}.png": image_codec.encode_png(np.asarray(label.mask, np.uint8))}

@@ -71,6 +71,7 @@ DEAD_LETTERS_FILE = "dead_letters.jsonl"
 SUMMARY_FILE = "summary.json"
 LABELING_FAILED = "labeling_failed"
 SCORE_BINS = 10
+_BINNED = ("score_histogram", "ignored_fraction_histogram")  # SCORE_BINS bins over [0, 1]
 _CONFIG_KEYS = {"teachers", "thresholds", "task_params"}
 _TEACHER_KEYS = {"task", "path", "batch_size"}
 _NAMESPACE = "pseudo_label"
@@ -279,6 +280,8 @@ def label_stats(label: Any) -> dict[str, Any]:
     stats["ignored_pixels"] = int(np.sum(mask == 255))
     stats["pixels"] = int(mask.size)
     stats["class_counts"] = _counts(mask[mask != 255])
+    stats["ignored_fraction_histogram"] = np.histogram(
+        [stats["ignored_pixels"] / max(mask.size, 1)], SCORE_BINS, (0.0, 1.0))[0].tolist()
   for field in ("depth", "normals"):
     if hasattr(label, field):
       values = np.asarray(getattr(label, field))
@@ -372,8 +375,9 @@ class LabelStatsFn(beam.CombineFn):
         hist = t.setdefault("boxes_per_image_histogram", {})
         hist[str(s["boxes"])] = hist.get(str(s["boxes"]), 0) + 1
         t["boxes"] = t.get("boxes", 0) + s["boxes"]
-        t["score_histogram"] = [a + b for a, b in zip(
-            t.get("score_histogram", [0] * SCORE_BINS), s["score_histogram"])]
+      for key in _BINNED:
+        if key in s:
+          t[key] = [a + b for a, b in zip(t.get(key, [0] * SCORE_BINS), s[key])]
       for key in ("ignored_pixels", "pixels", "valid_pixels"):
         if key in s:
           t[key] = t.get(key, 0) + s[key]
@@ -392,7 +396,7 @@ class LabelStatsFn(beam.CombineFn):
             hist = m.setdefault(key, {})
             for k, v in value.items():
               hist[k] = hist.get(k, 0) + v
-          elif key == "score_histogram":
+          elif key in _BINNED:
             m[key] = [a + b for a, b in zip(m.get(key, [0] * SCORE_BINS), value)]
           elif key == "min":
             m[key] = min(m.get(key, value), value)

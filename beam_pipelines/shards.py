@@ -48,7 +48,11 @@ _GLOB_CHARS = "*?["
 
 
 class LabeledShardsOptions(common.DataOptions, pipeline_options.PipelineOptions):
-  """Options of the pipelines that read labeled shards (beside `common.DataOptions`)."""
+  """Options of the pipelines that read labeled shards (beside `common.DataOptions`).
+
+  Flags both the export and the inspection take live here: Beam parses the
+  flags of every options class together, and a flag defined twice is an error.
+  """
 
   @classmethod
   def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
@@ -65,6 +69,8 @@ class LabeledShardsOptions(common.DataOptions, pipeline_options.PipelineOptions)
     parser.add_argument("--min_score", type=float, default=0.0,
                         help="Lowest detection score / top-1 class probability kept.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of random choices.")
+    parser.add_argument("--top_k", type=int, default=3,
+                        help="Classes named per image (classification.jsonl, contact sheet).")
 
 
 @dataclasses.dataclass
@@ -196,7 +202,18 @@ def _feature_bytes(feature, key: str) -> bytes:
 
 
 class KeyByIdFn(beam.DoFn):
-  """(shard, record) -> (image id, (shard, record)), or a dead letter."""
+  """(shard, record) -> (image id, (shard, record)), or a dead letter.
+
+  Checks what the proto alone tells (an image, the schema version, the
+  required tasks) before duplicates are dropped, so a malformed record never
+  shadows a good one of the same image.
+
+  Args:
+    required_tasks: tasks every example must carry a label for.
+  """
+
+  def __init__(self, required_tasks: Sequence[str] = ()):
+    self.required_tasks = list(required_tasks)
 
   def process(self, element) -> Iterator[Any]:
     shard, record = element
@@ -213,6 +230,21 @@ class KeyByIdFn(beam.DoFn):
       return
     image_id = _feature_bytes(feature, "image/source_id").decode() or image_codec.content_id(
         encoded)
+    path = f"{shard}#{image_id}"
+    versions = feature[schema_lib.VERSION_KEY].int64_list.value \
+        if schema_lib.VERSION_KEY in feature else []
+    if list(versions) != [schema_lib.SCHEMA_VERSION]:
+      found = f"version {versions[0]}" if versions else f"no {schema_lib.VERSION_KEY}"
+      yield beam.pvalue.TaggedOutput(decode.DEAD_LETTERS, decode.dead_letter(
+          path, SCHEMA_VERSION,
+          f"{found}; this reader takes version {schema_lib.SCHEMA_VERSION}"))
+      return
+    missing = [t for t in self.required_tasks
+               if not _feature_bytes(feature, schema_lib.source_key(t))]
+    if missing:
+      yield beam.pvalue.TaggedOutput(decode.DEAD_LETTERS, decode.dead_letter(
+          path, MISSING_TASK, f"no label for {', '.join(missing)}"))
+      return
     yield image_id, (shard, record)
 
 
@@ -229,17 +261,15 @@ def _first_of_each_id(item) -> Iterator[Any]:
 
 
 class DecodeLabeledFn(beam.DoFn):
-  """(id, (shard, record)) -> `LabeledExample`, or a dead letter.
+  """(id, (shard, record)) -> `LabeledExample`, or a dead letter when a label
+  does not decode.
 
   Args:
     task_params: the schema's task parameters.
-    required_tasks: tasks every example must carry a label for.
   """
 
-  def __init__(self, task_params: Mapping[str, Mapping[str, Any]],
-               required_tasks: Sequence[str] = ()):
+  def __init__(self, task_params: Mapping[str, Mapping[str, Any]]):
     self.task_params = dict(task_params)
-    self.required_tasks = list(required_tasks)
 
   def setup(self):
     self.schema = schema_lib.Schema(self.task_params)
@@ -249,20 +279,7 @@ class DecodeLabeledFn(beam.DoFn):
 
   def process(self, item) -> Iterator[Any]:
     image_id, (shard, record) = item
-    path = f"{shard}#{image_id}"
     feature = tf.train.Example.FromString(record).features.feature
-    versions = feature[schema_lib.VERSION_KEY].int64_list.value \
-        if schema_lib.VERSION_KEY in feature else []
-    if list(versions) != [schema_lib.SCHEMA_VERSION]:
-      found = f"version {versions[0]}" if versions else f"no {schema_lib.VERSION_KEY}"
-      yield self._dead(path, SCHEMA_VERSION,
-                       f"{found}; this reader takes version {schema_lib.SCHEMA_VERSION}")
-      return
-    missing = [t for t in self.required_tasks
-               if not _feature_bytes(feature, schema_lib.source_key(t))]
-    if missing:
-      yield self._dead(path, MISSING_TASK, f"no label for {', '.join(missing)}")
-      return
     try:
       decoded = tf.nest.map_structure(lambda t: t.numpy(),
                                       self.schema.decode(tf.constant(record)))
@@ -273,18 +290,17 @@ class DecodeLabeledFn(beam.DoFn):
           provenance[task] = schema_lib.Provenance(decoded[task]["source"].decode(),
                                                    decoded[task]["model"].decode())
     except Exception as e:  # pylint: disable=broad-except  (one example never fails the job)
-      yield self._dead(path, BAD_LABEL, f"{type(e).__name__}: {e}")
+      self.dead.inc()
+      yield beam.pvalue.TaggedOutput(decode.DEAD_LETTERS, decode.dead_letter(
+          f"{shard}#{image_id}", BAD_LABEL, f"{type(e).__name__}: {e}"))
       return
     self.decoded.inc()
     yield LabeledExample(
-        id=image_id, path=path, source_path=_feature_bytes(feature, FILENAME_KEY).decode(),
+        id=image_id, path=f"{shard}#{image_id}",
+        source_path=_feature_bytes(feature, FILENAME_KEY).decode(),
         image=decoded["image"], encoded=feature["image/encoded"].bytes_list.value[0],
         image_format=decoded["format"].decode() or image_codec.JPEG, labels=labels,
         provenance=provenance)
-
-  def _dead(self, path: str, reason: str, detail: str):
-    self.dead.inc()
-    return beam.pvalue.TaggedOutput(decode.DEAD_LETTERS, decode.dead_letter(path, reason, detail))
 
 
 class ReadLabeledShards(beam.PTransform):
@@ -308,15 +324,14 @@ class ReadLabeledShards(beam.PTransform):
 
   def expand(self, pbegin):
     records = pbegin | "ReadTFRecords" >> common.ReadTFRecords(self.pattern)
-    keyed = records | "KeyById" >> beam.ParDo(KeyByIdFn()).with_outputs(
+    keyed = records | "KeyById" >> beam.ParDo(KeyByIdFn(self.required_tasks)).with_outputs(
         decode.DEAD_LETTERS, main="keyed")
     unique = (keyed.keyed
               | "GroupById" >> beam.GroupByKey()
               | "FirstOfEachId" >> beam.FlatMap(_first_of_each_id).with_outputs(
                   decode.DEAD_LETTERS, main="unique"))
     decoded = unique.unique | "Decode" >> beam.ParDo(
-        DecodeLabeledFn(self.task_params, self.required_tasks)).with_outputs(
-            decode.DEAD_LETTERS, main="examples")
+        DecodeLabeledFn(self.task_params)).with_outputs(decode.DEAD_LETTERS, main="examples")
     dead_letters = ((keyed[decode.DEAD_LETTERS], unique[decode.DEAD_LETTERS],
                      decoded[decode.DEAD_LETTERS])
                     | "AllDeadLetters" >> beam.Flatten())

@@ -1,14 +1,17 @@
-"""Drawing labels on images: boxes, mask overlays, depth and normal maps.
+"""Drawing labels on images: boxes, mask overlays, depth and normal maps, plots.
 
 One place for every picture the project makes (the world preview, pseudo-label
-contact sheets, reports). Everything takes NumPy arrays in the schema's
-conventions (normalized boxes, class ids with 0 = background and 255 = ignore)
-and returns uint8 RGB arrays; `save_png` writes them.
+contact sheets, label statistics, reports). Everything takes NumPy arrays in
+the schema's conventions (normalized boxes, class ids with 0 = background and
+255 = ignore) and returns uint8 RGB arrays; `save_png` writes them. Plots are
+drawn with matplotlib's Agg canvas directly (no pyplot, no global backend).
 """
 import io
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
+from matplotlib.backends import backend_agg
+from matplotlib import figure as figure_lib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 import tensorflow as tf
@@ -174,6 +177,116 @@ def label_panels(image: np.ndarray, names: Sequence[str], *, scale: int = 3,
   if normals is not None:
     panels.append(caption(upscale(colorize_normals(normals, normals_valid), scale), "normals"))
   return panels
+
+
+def labels_panels(image: np.ndarray, labels: Mapping[str, Any], names: Sequence[str], *,
+                  scale: int = 3, top_k: int = 3) -> list[np.ndarray]:
+  """`label_panels` for label dataclasses of any tasks, read by their fields.
+
+  Args:
+    image: uint8 [H, W, 3].
+    labels: task name -> label dataclass (`probs`, `boxes`/`classes`/`scores`,
+      `mask`, `depth`/`kind`, `normals`); NaN marks pixels without depth or
+      normal.
+    names: category names by id.
+    scale: nearest-neighbour upscaling of every panel.
+    top_k: classes named on the image panel.
+  """
+  kwargs = {}
+  for label in labels.values():
+    if hasattr(label, "probs"):
+      kwargs["probs"] = np.asarray(label.probs)
+    if hasattr(label, "boxes"):
+      kwargs.update(boxes=np.asarray(label.boxes), classes=np.asarray(label.classes),
+                    scores=None if label.scores is None else np.asarray(label.scores))
+    if hasattr(label, "mask"):
+      kwargs["mask"] = np.asarray(label.mask)
+    if hasattr(label, "depth"):
+      values = np.asarray(label.depth, np.float32)
+      valid = np.isfinite(values)
+      kwargs.update(depth=np.where(valid, values, 0), depth_valid=valid,
+                    depth_is_inverse=getattr(label, "kind", "") == "relative_inverse")
+    if hasattr(label, "normals"):
+      normals = np.asarray(label.normals, np.float32)
+      valid = np.all(np.isfinite(normals), axis=-1)
+      kwargs.update(normals=np.nan_to_num(normals), normals_valid=valid)
+  return label_panels(image, names, scale=scale, top_k=top_k, **kwargs)
+
+
+def contact_sheet(rows: Sequence[tuple[str, Sequence[np.ndarray]]], title: str = "") -> np.ndarray:
+  """Rows of panels, each under a caption line, on one sheet with a title line.
+
+  Args:
+    rows: (caption, panels) per row, e.g. an image id and `labels_panels`.
+    title: the sheet's first line.
+  """
+  captioned = [[caption(grid([panels], pad=2), text)] for text, panels in rows]
+  sheet = grid(captioned)
+  return caption(sheet, title, height=16) if title else sheet
+
+
+def _bars(axes, labels: Sequence[str], values: Sequence[float], title: str, color: str) -> None:
+  positions = np.arange(len(values))
+  axes.bar(positions, values, color=color)
+  axes.set_xticks(positions, labels, rotation=60 if len(labels) > 6 else 0, fontsize=7)
+  axes.tick_params(axis="y", labelsize=7)
+  axes.set_title(title, fontsize=9)
+
+
+def _class_axis(histogram: Mapping[str, int], names: Sequence[str]):
+  ids = sorted(histogram, key=int)
+  return [names[int(i)] if int(i) < len(names) else i for i in ids], [histogram[i] for i in ids]
+
+
+def label_stats_panels(task_stats: Mapping[str, Mapping[str, Any]],
+                       names: Sequence[str]) -> list[tuple[str, list[str], list[float]]]:
+  """The plots of a run's label statistics: (title, bar labels, bar heights) each.
+
+  Args:
+    task_stats: task -> its statistics as the labeling pipeline's summary
+      has them (`class_histogram`, `score_histogram`,
+      `boxes_per_image_histogram`, `ignored_fraction_histogram`, ...); read
+      by their keys, with no task names.
+    names: category names by id.
+  """
+  plots = []
+  for task, t in sorted(task_stats.items()):
+    if t.get("class_histogram"):
+      unit = "boxes" if "boxes" in t else "labeled pixels" if "pixels" in t else "images (top-1)"
+      plots.append((f"{task}: {unit} per class", *_class_axis(t["class_histogram"], names)))
+    if t.get("score_histogram"):
+      bins = len(t["score_histogram"])
+      plots.append((f"{task}: scores", [f"{i / bins:.1f}" for i in range(bins)],
+                    list(t["score_histogram"])))
+    if t.get("boxes_per_image_histogram"):
+      hist = t["boxes_per_image_histogram"]
+      ids = sorted(hist, key=int)
+      plots.append((f"{task}: boxes per image ({t.get('boxes_per_image', 0):.1f} mean)",
+                    ids, [hist[i] for i in ids]))
+    if t.get("ignored_fraction_histogram"):
+      bins = len(t["ignored_fraction_histogram"])
+      plots.append((f"{task}: ignored-pixel fraction per image "
+                    f"({t.get('ignored_pixel_fraction', 0):.2f} overall)",
+                    [f"{i / bins:.1f}" for i in range(bins)],
+                    list(t["ignored_fraction_histogram"])))
+  return plots
+
+
+def plot_label_stats(task_stats: Mapping[str, Mapping[str, Any]], names: Sequence[str],
+                     title: str = "", columns: int = 3, dpi: int = 80) -> np.ndarray:
+  """Bar charts of `label_stats_panels` on one figure, as an RGB array."""
+  plots = label_stats_panels(task_stats, names) or [("no label statistics", [], [])]
+  rows = -(-len(plots) // columns)
+  fig = figure_lib.Figure(figsize=(4 * columns, 2.8 * rows + 0.4), dpi=dpi)
+  canvas = backend_agg.FigureCanvasAgg(fig)
+  colors = matplotlib.colormaps["tab10"]
+  for i, (plot_title, labels, values) in enumerate(plots):
+    _bars(fig.add_subplot(rows, columns, i + 1), labels, values, plot_title, colors(i % 10))
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  canvas.draw()
+  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def save_png(image: np.ndarray, path: str) -> None:
