@@ -104,7 +104,8 @@ class TeachersModelHandler(inference_base.ModelHandler):
 
   Args:
     specs: the teachers to run, at most one per task.
-    loader: path -> Teacher; `must.serving.load` by default.
+    loader: (path, task) -> Teacher; `must.serving.load` by default (a
+      multi-task model at `path` serves `task`).
     max_batch_size: RunInference's largest batch; defaults to the largest
       teacher batch size. Each teacher still runs in chunks of its own size.
     min_batch_size: RunInference's smallest batch (but a bundle's last);
@@ -114,7 +115,7 @@ class TeachersModelHandler(inference_base.ModelHandler):
   """
 
   def __init__(self, specs: Sequence[TeacherSpec],
-               loader: Callable[[str], Teacher] = serving.load, *,
+               loader: Callable[[str, str], Teacher] = serving.load, *,
                max_batch_size: int | None = None, min_batch_size: int | None = None):
     tasks = [spec.task for spec in specs]
     if not specs or len(set(tasks)) != len(tasks):
@@ -128,7 +129,7 @@ class TeachersModelHandler(inference_base.ModelHandler):
   def load_model(self) -> LoadedTeachers:
     teachers = LoadedTeachers()
     for spec in self.specs:
-      teacher = self.loader(spec.path)
+      teacher = self.loader(spec.path, spec.task)
       if teacher.task != spec.task:
         raise ValueError(f"{spec.path} is a {teacher.task} teacher, configured as {spec.task}")
       teachers[spec.task] = teacher

@@ -60,6 +60,7 @@ from beam_pipelines import common
 from beam_pipelines import decode
 from beam_pipelines import inference
 from must import schema as schema_lib
+from must import serving
 from must import tasks as tasks_lib
 
 IMAGES = "images"
@@ -132,7 +133,7 @@ def resolve_config(raw: Mapping[str, Any], where: str = "teachers config",
     batch_size = int(entry.get("batch_size", 8))
     if batch_size < 1:
       raise ValueError(f"{where}: {task} batch_size must be >= 1, got {batch_size}")
-    metadata = metadata_fn(entry["path"])
+    metadata = serving.task_metadata(metadata_fn(entry["path"]), task, where=entry["path"])
     if metadata.get("task") != task:
       raise ValueError(f"{where}: {entry['path']} is a {metadata.get('task')} teacher, "
                        f"listed as {task}")

@@ -11,7 +11,11 @@ from typing import TypeVar
 import yaml
 
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
+from official.core import config_definitions as cfg
 from official.modeling import hyperparams
+from official.modeling import optimization
+from official.vision.configs import backbones
+from official.vision.configs import common as common_cfg
 
 ConfigT = TypeVar("ConfigT", bound=hyperparams.Config)
 
@@ -73,3 +77,47 @@ def load(config: ConfigT, config_file: str | None = None,
     raise ConfigError(f"invalid config: {e}") from None
   config.lock()
   return config
+
+
+# -- CPU-sized Model Garden defaults shared by the teacher and student experiments --
+
+
+def small_resnet(model_id: int = 18, depth_multiplier: float = 0.5) -> backbones.Backbone:
+  """A narrow ResNet (Model Garden's `depth_multiplier` scales every width)."""
+  return backbones.Backbone(
+      type="resnet", resnet=backbones.ResNet(model_id=model_id, depth_multiplier=depth_multiplier))
+
+
+def norm_activation() -> common_cfg.NormActivation:
+  return common_cfg.NormActivation(norm_momentum=0.9, norm_epsilon=1e-5, use_sync_bn=False)
+
+
+def trainer(train_steps: int, learning_rate: float, warmup_steps: int = 100,
+            steps_per_loop: int = 50) -> cfg.TrainerConfig:
+  """Adam with linear warm-up and cosine decay; evaluates over the whole eval split."""
+  return cfg.TrainerConfig(
+      train_steps=train_steps,
+      steps_per_loop=steps_per_loop,
+      summary_interval=steps_per_loop,
+      checkpoint_interval=steps_per_loop * 4,
+      validation_interval=train_steps,
+      validation_steps=-1,
+      max_to_keep=2,
+      optimizer_config=optimization.OptimizationConfig({
+          "optimizer": {"type": "adam", "adam": {"global_clipnorm": 10.0}},
+          "learning_rate": {"type": "cosine", "cosine": {
+              "initial_learning_rate": learning_rate, "decay_steps": train_steps}},
+          "warmup": {"type": "linear", "linear": {"warmup_steps": warmup_steps}},
+      }))
+
+
+def initial_learning_rate(trainer_config: cfg.TrainerConfig) -> float:
+  """The learning rate a trainer config's schedule starts from (after warm-up)."""
+  schedule = trainer_config.optimizer_config.learning_rate
+  config = schedule.get()
+  for key in ("initial_learning_rate", "learning_rate"):
+    if config is not None and hasattr(config, key):
+      return float(getattr(config, key))
+  if schedule.type == "stepwise":
+    return float(config.values[0])
+  raise ValueError(f"cannot read the initial learning rate of schedule {schedule.type!r}")

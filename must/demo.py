@@ -75,8 +75,7 @@ def _run_teachers(config_dir: str, output_dir: str) -> dict:
   metrics = {}
   for path in export_dirs:
     with open(os.path.join(path, "eval_metrics.json")) as f:
-      result = json.load(f)
-    metrics[result["task"]] = result["metrics"]
+      metrics.update(json.load(f)["metrics"])
   return {"metrics": metrics}
 
 

@@ -1,4 +1,4 @@
-"""Evaluates exported teachers on the world's held-out split.
+"""Evaluates exported teachers (or a multi-task student) on the world's held-out split.
 
   python -m teachers.evaluate --world_dir out/world \
       --teacher_dirs out/teachers/classification/export,out/teachers/detection/export
@@ -21,16 +21,21 @@ _SPLIT = flags.DEFINE_string("split", "eval", "Which split of the world to evalu
 
 
 def evaluate_teachers(teacher_dirs: list[str], world_dir: str, split: str = "eval") -> dict:
-  """Evaluates each teacher on its task; writes eval_metrics.json beside it."""
+  """Evaluates each model on every task it serves; writes eval_metrics.json beside it.
+
+  Returns:
+    '<task> (<model name>)' -> metric name -> value.
+  """
   world = writer.load_metadata(world_dir)
   results = {}
   for path in teacher_dirs:
-    model = serving.load(path)
-    metrics = evaluate.evaluate({model.task: model.predict}, world["splits"][split]["pattern"],
-                                world["task_params"])[model.task]
+    models = serving.load_all(path)
+    metrics = evaluate.evaluate({model.task: model.predict for model in models},
+                                world["splits"][split]["pattern"], world["task_params"])
     with open(os.path.join(path, "eval_metrics.json"), "w") as f:
-      json.dump({"task": model.task, "split": split, "metrics": metrics}, f, indent=2)
-    results[f"{model.task} ({model.name})"] = metrics
+      json.dump({"split": split, "metrics": metrics}, f, indent=2)
+    for model in models:
+      results[f"{model.task} ({model.name})"] = metrics[model.task]
   return results
 
 

@@ -31,6 +31,7 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
+from must import configs
 from must import serving
 import teachers
 from official.core import exp_factory
@@ -63,17 +64,6 @@ def _serve_fn(teacher, params, model, input_size):
   return lambda images: teacher.serve(model, images, params)
 
 
-def _learning_rate(params) -> float:
-  schedule = params.trainer.optimizer_config.learning_rate
-  config = schedule.get()
-  for key in ("initial_learning_rate", "learning_rate"):
-    if config is not None and hasattr(config, key):
-      return float(getattr(config, key))
-  if schedule.type == "stepwise":
-    return float(config.values[0])
-  raise ValueError(f"cannot read the initial learning rate of schedule {schedule.type!r}")
-
-
 def _write_metadata(export_dir: str, teacher, params, version: str, class_names,
                     source: str) -> dict:
   input_size = list(params.task.model.input_size[:2])
@@ -85,7 +75,7 @@ def _write_metadata(export_dir: str, teacher, params, version: str, class_names,
       "num_classes": getattr(params.task.model, "num_classes", None),
       "class_names": class_names,
       "train_batch_size": params.task.train_data.global_batch_size,
-      "train_learning_rate": _learning_rate(params),
+      "train_learning_rate": configs.initial_learning_rate(params.trainer),
       "source": source,
   }
   with tf.io.gfile.GFile(os.path.join(export_dir, METADATA_FILE), "w") as f:

@@ -2,8 +2,8 @@
 
 A task turns its label (a small NumPy dataclass) into tf.Example features on the
 Python side, and parses those features back into tensors inside `tf.data`.
-Later layers (pseudo-labeling, student heads, losses, metrics) hang off the same
-task object, so each task lives in exactly one module of `must.tasks`.
+Later layers (pseudo-labeling, the student's head and loss, metrics) hang off
+the same task object, so each task lives in exactly one module of `must.tasks`.
 """
 import abc
 from typing import Any, ClassVar, Mapping
@@ -64,6 +64,10 @@ class Task(abc.ABC):
   """
 
   name: ClassVar[str]
+  # How the student weighs this task's loss by default: 'teacher' applies the
+  # paper's rule w = (b_s * lr_t) / (b_t * lr_s) from the teacher's metadata;
+  # 'fixed' uses 1 (the paper weighs depth on its own).
+  student_loss_weight_rule: ClassVar[str] = "teacher"
 
   @abc.abstractmethod
   def features(self, label: Any, image_size: tuple[int, int]) -> Features:
@@ -92,6 +96,15 @@ class Task(abc.ABC):
         dimension), dense maps already resized to the stored image's size.
       image_size: (height, width) of the stored image.
       **thresholds: the task's pseudo-labeling thresholds (e.g. min_score).
+    """
+
+  @abc.abstractmethod
+  def student_head(self, config: Any, model: Any) -> Any:
+    """This task's part of the multi-task student (`must.tasks.heads.StudentHead`).
+
+    Args:
+      config: the head's `must.tasks.heads.HeadConfig`.
+      model: the `must.tasks.heads.ModelSpec` of the student around it.
     """
 
   @abc.abstractmethod

@@ -11,8 +11,11 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+import tf_keras
+
 from must import tasks
 from must.tasks import base
+from must.tasks import heads
 
 LABEL = "image/class/label"
 SOFT_LABEL = "image/class/soft/label"
@@ -98,6 +101,9 @@ class Classification(base.Task):
   def metric(self) -> "TopOneAccuracy":
     return TopOneAccuracy()
 
+  def student_head(self, config, model) -> "ClassificationHead":
+    return ClassificationHead(config, model, self.num_classes)
+
   def decode(self, parsed, image_size, present):
     del image_size, present  # Absent: label -1, all-zero distribution.
     ids = base.dense(parsed, SOFT_LABEL)
@@ -119,3 +125,37 @@ class TopOneAccuracy(base.Metric):
 
   def result(self):
     return {"top1": self.correct / max(self.count, 1), "images": self.count}
+
+
+class ClassificationHead(heads.StudentHead):
+  """Global-average-pooled C5 + a linear layer, trained with soft cross-entropy."""
+
+  def build(self):
+    return _PooledLinear(self.num_classes, self.model.l2_regularizer, name="classification_head")
+
+  def targets(self, label, flip, output_size):
+    del flip, output_size
+    return {"probs": label["probs"], "label": label["label"], "present": label["present"]}
+
+  def loss(self, outputs, targets):
+    log_probs = tf.nn.log_softmax(tf.cast(outputs, tf.float32), axis=-1)
+    per_example = -tf.reduce_sum(targets["probs"] * log_probs, axis=-1)
+    present = tf.cast(targets["present"], tf.float32)
+    return tf.reduce_sum(per_example * present), tf.reduce_sum(present)
+
+  def serve(self, outputs, image_size):
+    del image_size
+    return {"probs": tf.nn.softmax(tf.cast(outputs, tf.float32), axis=-1)}
+
+
+class _PooledLinear(tf_keras.layers.Layer):
+  """Logits [B, C] from the backbone's last endpoint, average-pooled."""
+
+  def __init__(self, num_classes: int, kernel_regularizer=None, **kwargs):
+    super().__init__(**kwargs)
+    self.pool = tf_keras.layers.GlobalAveragePooling2D()
+    self.linear = tf_keras.layers.Dense(num_classes, kernel_regularizer=kernel_regularizer)
+
+  def call(self, features, training=None):
+    endpoints = features["backbone"]
+    return self.linear(self.pool(endpoints[max(endpoints, key=int)]))

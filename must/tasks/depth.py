@@ -8,6 +8,7 @@ teachers predict) or `metric` (distance along the camera axis: ground truth).
 The quantization error is at most scale / 2 = (max - min) / 131068.
 """
 import dataclasses
+from typing import Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -15,6 +16,7 @@ import tensorflow as tf
 from must import image_codec
 from must import tasks
 from must.tasks import base
+from must.tasks import heads
 
 ENCODED = "image/depth/encoded"
 SCALE = "image/depth/scale"
@@ -56,6 +58,7 @@ class Depth(base.Task):
   """Dense depth (relative inverse or metric)."""
 
   name = "depth"
+  student_loss_weight_rule = "fixed"
 
   def features(self, label: DepthLabel, image_size) -> base.Features:
     if label.kind not in KINDS:
@@ -95,6 +98,9 @@ class Depth(base.Task):
 
   def metric(self) -> "DepthMetrics":
     return DepthMetrics()
+
+  def student_head(self, config, model) -> "DepthHead":
+    return DepthHead(config, model)
 
   def decode(self, parsed, image_size, present):
     # Absent: every pixel invalid.
@@ -146,3 +152,176 @@ class DepthMetrics(base.Metric):
   def result(self):
     pixels = max(self.pixels, 1)
     return {"abs_rel": self.abs_rel_sum / pixels, "delta_1.25": self.delta_count / pixels}
+
+
+# -- Scale-and-shift-invariant alignment and loss (tensors, batched) ----------
+
+
+def _masked_mean(x: tf.Tensor, mask: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+  return tf.reduce_sum(x * mask, axis=[-2, -1], keepdims=True) / tf.maximum(count, 1.0)
+
+
+def align_scale_shift_batch(pred: tf.Tensor, target: tf.Tensor,
+                      valid: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """Least-squares scale and shift that align `pred` to `target` per image.
+
+  Solves min_{s,t} sum_valid (s * pred + t - target)^2 in closed form over the
+  last two (spatial) axes. A prediction that is constant over the valid pixels
+  gets scale 0 and the target's mean as shift; an image without valid pixels
+  gets scale 0 and shift 0.
+
+  Args:
+    pred: float [..., H, W] prediction (e.g. relative inverse depth).
+    target: float [..., H, W]; values at invalid pixels are ignored (may be
+      NaN or inf).
+    valid: bool [..., H, W].
+
+  Returns:
+    (aligned [..., H, W] = scale * pred + shift, scale [...], shift [...]).
+  """
+  pred = tf.convert_to_tensor(pred, tf.float32)
+  target = tf.convert_to_tensor(target, tf.float32)
+  valid = tf.convert_to_tensor(valid, tf.bool)
+  mask = tf.cast(valid, tf.float32)
+  pred_v = tf.where(valid, pred, 0.0)
+  target_v = tf.where(valid, target, 0.0)
+  count = tf.reduce_sum(mask, axis=[-2, -1], keepdims=True)
+  # Centred sums: the normal equations' determinant cancels badly in float32.
+  pred_mean = _masked_mean(pred_v, mask, count)
+  target_mean = _masked_mean(target_v, mask, count)
+  pred_c = (pred_v - pred_mean) * mask
+  target_c = (target_v - target_mean) * mask
+  variance = tf.reduce_sum(pred_c * pred_c, axis=[-2, -1], keepdims=True)
+  covariance = tf.reduce_sum(pred_c * target_c, axis=[-2, -1], keepdims=True)
+  scale = tf.math.divide_no_nan(covariance, variance)
+  shift = target_mean - scale * pred_mean
+  aligned = scale * pred + shift
+  return aligned, scale[..., 0, 0], shift[..., 0, 0]
+
+
+def _standardize(target: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+  """Zero mean, unit std over valid pixels per image (0 where invalid)."""
+  mask = tf.cast(valid, tf.float32)
+  target = tf.where(valid, target, 0.0)
+  count = tf.reduce_sum(mask, axis=[-2, -1], keepdims=True)
+  mean = _masked_mean(target, mask, count)
+  centred = (target - mean) * mask
+  std = tf.sqrt(_masked_mean(centred * centred, mask, count))
+  return tf.math.divide_no_nan(centred, std)
+
+
+def _gradient_matching(residual: tf.Tensor, mask: tf.Tensor, scales: int) -> tf.Tensor:
+  """MiDaS multi-scale gradient matching term of the residual, per image [B]."""
+  total = tf.zeros(tf.shape(residual)[:1])
+  for scale in range(scales):
+    step = 2**scale
+    r = residual[:, ::step, ::step]
+    m = mask[:, ::step, ::step]
+    grad_x = tf.abs(r[:, :, 1:] - r[:, :, :-1]) * m[:, :, 1:] * m[:, :, :-1]
+    grad_y = tf.abs(r[:, 1:, :] - r[:, :-1, :]) * m[:, 1:, :] * m[:, :-1, :]
+    count = tf.maximum(tf.reduce_sum(m, axis=[1, 2]), 1.0)
+    total += (tf.reduce_sum(grad_x, axis=[1, 2]) + tf.reduce_sum(grad_y, axis=[1, 2])) / count
+  return total
+
+
+def _trimmed_mean_abs(residual: tf.Tensor, valid: tf.Tensor, trim_fraction: float) -> tf.Tensor:
+  """Per image [B]: mean |residual| over valid pixels, largest fraction left out."""
+  flat_abs = tf.reshape(tf.where(valid, tf.abs(residual), np.inf), [tf.shape(residual)[0], -1])
+  ascending = tf.sort(flat_abs, axis=1)
+  count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=[1, 2])
+  keep = tf.math.ceil(count * (1.0 - trim_fraction))
+  kept = tf.cast(tf.range(tf.shape(ascending)[1]), tf.float32)[None, :] < keep[:, None]
+  return tf.math.divide_no_nan(tf.reduce_sum(tf.where(kept, ascending, 0.0), axis=1), keep)
+
+
+def scale_shift_invariant_loss(pred: tf.Tensor, target: tf.Tensor, valid: tf.Tensor,
+                               gradient_matching_weight: float = 0.0,
+                               gradient_matching_scales: int = 4,
+                               loss_type: str = "mse",
+                               trim_fraction: float = 0.2,
+                               reduce_mean: bool = True) -> tf.Tensor:
+  """Scale-and-shift-invariant loss (MiDaS), averaged over the batch.
+
+  Each target is standardized over its valid pixels (so every image weighs
+  the same whatever its depth range; the 'mse' loss is then 1 - R^2 of the
+  least-squares fit), the prediction is aligned to it with
+  `align_scale_shift_batch`, and the error over valid pixels is the image's loss.
+  Images without valid pixels contribute 0.
+
+  Args:
+    pred: float [B, H, W] predicted relative inverse depth.
+    target: float [B, H, W] target inverse depth.
+    valid: bool [B, H, W].
+    gradient_matching_weight: weight of the multi-scale gradient matching term.
+    gradient_matching_scales: its number of scales.
+    loss_type: 'mse' or 'trimmed_mae' (mean absolute error of the residuals
+      but the largest `trim_fraction` of them, per image).
+    trim_fraction: see `loss_type`.
+    reduce_mean: average over the batch; False returns each image's loss.
+
+  Returns:
+    Scalar loss, the mean over the B images (per replica); or [B].
+  """
+  if loss_type not in ("mse", "trimmed_mae"):
+    raise ValueError(f"unknown depth loss_type {loss_type!r}; valid: mse, trimmed_mae")
+  valid = tf.convert_to_tensor(valid, tf.bool)
+  mask = tf.cast(valid, tf.float32)
+  target = _standardize(tf.convert_to_tensor(target, tf.float32), valid)
+  aligned, _, _ = align_scale_shift_batch(pred, target, valid)
+  residual = tf.where(valid, aligned - target, 0.0)
+  if loss_type == "mse":
+    count = tf.maximum(tf.reduce_sum(mask, axis=[1, 2]), 1.0)
+    per_image = tf.reduce_sum(residual * residual, axis=[1, 2]) / count
+  else:
+    per_image = _trimmed_mean_abs(residual, valid, trim_fraction)
+  if gradient_matching_weight:
+    per_image += gradient_matching_weight * _gradient_matching(
+        residual, mask, gradient_matching_scales)
+  return tf.reduce_mean(per_image) if reduce_mean else per_image
+
+
+def target_inverse_depth(label) -> tuple[tf.Tensor, tf.Tensor]:
+  """A decoded depth label -> (inverse depth [H, W], valid [H, W]).
+
+  Metric depth d (ground truth) becomes 1/d where d > 0; relative inverse
+  depth (a teacher's pseudo label) is used as it is.
+  """
+  depth = tf.cast(label["depth"], tf.float32)
+  valid = label["valid"] & label["present"] & tf.math.is_finite(depth)
+  metric = tf.equal(label["kind"], b"metric")
+  positive = valid & (depth > 0)
+  inverse = tf.where(metric, tf.math.divide_no_nan(1.0, tf.where(positive, depth, 1.0)), depth)
+  valid = tf.where(metric, positive, valid)
+  return tf.where(valid, inverse, 0.0), valid
+
+
+class DepthHead(heads.StudentHead):
+  """Relative inverse depth on the fused level-2 map, scale-and-shift-invariant loss."""
+
+  def build(self):
+    return heads.DenseHead(1, self.config, self.model, name="depth_head")
+
+  def targets(self, label, flip, output_size):
+    inverse, valid = target_inverse_depth(label)
+    dense = heads.resize_dense(tf.stack([inverse, tf.cast(valid, tf.float32)], axis=-1),
+                               output_size)
+    dense = heads.flip_dense(dense, flip)
+    return {"inverse_depth": dense[..., 0], "valid": dense[..., 1] > 0.5,
+            "metric": tf.equal(label["kind"], b"metric"), "present": label["present"]}
+
+  def loss(self, outputs, targets):
+    valid = targets["valid"]
+    pred = heads.upsample(outputs, tf.shape(valid)[1:3])[..., 0]
+    per_image = scale_shift_invariant_loss(pred, targets["inverse_depth"], valid,
+                                           reduce_mean=False)
+    has_depth = tf.cast(tf.reduce_any(valid, axis=[1, 2]), tf.float32)
+    return tf.reduce_sum(per_image * has_depth), tf.reduce_sum(has_depth)
+
+  def serve(self, outputs, image_size):
+    return {"depth": heads.upsample(outputs, image_size)[..., 0]}
+
+  def metric_label(self, targets, image_size):
+    del image_size
+    # The metric compares against inverse depth: give it as relative inverse.
+    return {"depth": targets["inverse_depth"], "valid": targets["valid"],
+            "kind": b"relative_inverse"}

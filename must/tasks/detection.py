@@ -14,8 +14,16 @@ from pycocotools import coco
 from pycocotools import cocoeval
 import tensorflow as tf
 
+import tf_keras
+
 from must import tasks
 from must.tasks import base
+from must.tasks import heads
+from official.vision.losses import focal_loss
+from official.vision.losses import loss_utils
+from official.vision.modeling.heads import dense_prediction_heads
+from official.vision.modeling.layers import detection_generator
+from official.vision.ops import anchor
 
 YMIN, XMIN, YMAX, XMAX = (f"image/object/bbox/{k}" for k in ("ymin", "xmin", "ymax", "xmax"))
 CLASS = "image/object/class/label"
@@ -119,6 +127,9 @@ class Detection(base.Task):
   def metric(self) -> "CocoAP":
     return CocoAP(self.num_classes)
 
+  def student_head(self, config, model) -> "DetectionHead":
+    return DetectionHead(config, model, self.num_classes)
+
   def decode(self, parsed, image_size, present):
     del image_size, present  # Absent: zero boxes.
     boxes = tf.stack([base.dense(parsed, k) for k in (YMIN, XMIN, YMAX, XMAX)], axis=-1)
@@ -178,3 +189,119 @@ class CocoAP(base.Metric):
       evaluation.summarize()
     return {"AP": float(evaluation.stats[0]), "AP50": float(evaluation.stats[1]),
             "images": len(self.images)}
+
+
+class DetectionHead(heads.StudentHead):
+  """RetinaNet on pyramid levels 3..max_level, from Model Garden's parts.
+
+  Targets come from Model Garden's `AnchorLabeler`, raw outputs from its
+  `RetinaNetHead`, served boxes from its `MultilevelDetectionGenerator`; the
+  loss is RetinaNet's focal loss plus Huber box regression, normalized by the
+  number of positive anchors.
+  """
+
+  MIN_LEVEL = 3
+
+  def __init__(self, config, model, num_classes=0):
+    super().__init__(config, model, num_classes)
+    spec = config.anchor
+    self.num_anchors = spec.num_scales * len(spec.aspect_ratios)
+    generator = anchor.build_anchor_generator(
+        min_level=self.MIN_LEVEL, max_level=model.max_level, num_scales=spec.num_scales,
+        aspect_ratios=spec.aspect_ratios, anchor_size=spec.anchor_size)
+    self.anchor_boxes = generator(image_size=tuple(model.input_size))
+    self.labeler = anchor.AnchorLabeler(match_threshold=config.match_threshold,
+                                        unmatched_threshold=config.unmatched_threshold)
+    generator_config = config.detection_generator
+    self.generator = detection_generator.MultilevelDetectionGenerator(
+        apply_nms=True, pre_nms_top_k=generator_config.pre_nms_top_k,
+        pre_nms_score_threshold=generator_config.pre_nms_score_threshold,
+        nms_iou_threshold=generator_config.nms_iou_threshold,
+        max_num_detections=generator_config.max_num_detections,
+        nms_version=generator_config.nms_version, use_cpu_nms=generator_config.use_cpu_nms)
+
+  def build(self):
+    norm = self.model.norm_activation
+    return _RetinaNetOnPyramid(dense_prediction_heads.RetinaNetHead(
+        min_level=self.MIN_LEVEL, max_level=self.model.max_level, num_classes=self.num_classes,
+        num_anchors_per_location=self.num_anchors, num_convs=self.config.num_convs,
+        num_filters=self.config.num_filters, activation=norm.activation,
+        use_sync_bn=norm.use_sync_bn, norm_momentum=norm.norm_momentum,
+        norm_epsilon=norm.norm_epsilon, kernel_regularizer=self.model.l2_regularizer),
+        name="detection_head")
+
+  def targets(self, label, flip, output_size):
+    keep = (label["scores"] >= self.config.min_score) & (label["classes"] > 0)
+    boxes = tf.boolean_mask(label["boxes"], keep)
+    classes = tf.boolean_mask(label["classes"], keep)
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
+    boxes = tf.cond(flip, lambda: tf.stack([ymin, 1.0 - xmax, ymax, 1.0 - xmin], axis=-1),
+                    lambda: boxes)
+    height, width = (float(v) for v in output_size)
+    pixels = boxes * tf.constant([height, width, height, width], tf.float32)
+    cls_targets, box_targets, _, cls_weights, box_weights = self.labeler.label_anchors(
+        self.anchor_boxes, pixels, classes[:, None])
+    present = tf.cast(label["present"], tf.float32)
+    n = tf.minimum(tf.shape(boxes)[0], self.config.max_boxes)
+    pad = self.config.max_boxes - n
+    return {
+        "cls_targets": cls_targets, "box_targets": box_targets,
+        "cls_weights": cls_weights * present, "box_weights": box_weights * present,
+        "boxes": tf.pad(boxes[:n], [[0, pad], [0, 0]]),
+        "classes": tf.pad(classes[:n], [[0, pad]], constant_values=-1),
+        "num_boxes": n, "present": label["present"],
+    }
+
+  def loss(self, outputs, targets):
+    config = self.config
+    cls_loss_fn = focal_loss.FocalLoss(alpha=config.focal_loss_alpha, gamma=config.focal_loss_gamma,
+                                       reduction=tf_keras.losses.Reduction.SUM)
+    box_loss_fn = tf_keras.losses.Huber(config.huber_loss_delta,
+                                        reduction=tf_keras.losses.Reduction.SUM)
+    cls_weights, box_weights = targets["cls_weights"], targets["box_weights"]  # [B, anchors]
+    y_true_cls = tf.one_hot(
+        loss_utils.multi_level_flatten(targets["cls_targets"], last_dim=None), self.num_classes)
+    y_pred_cls = loss_utils.multi_level_flatten(
+        tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), outputs["cls_outputs"]),
+        last_dim=self.num_classes)
+    y_true_box = loss_utils.multi_level_flatten(targets["box_targets"], last_dim=4)
+    y_pred_box = loss_utils.multi_level_flatten(
+        tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), outputs["box_outputs"]),
+        last_dim=4)
+    cls_loss = cls_loss_fn(y_true=y_true_cls, y_pred=y_pred_cls, sample_weight=cls_weights)
+    box_loss = box_loss_fn(y_true=y_true_box, y_pred=y_pred_box, sample_weight=box_weights)
+    return cls_loss + config.box_loss_weight * box_loss, tf.reduce_sum(box_weights)
+
+  def serve(self, outputs, image_size):
+    batch = tf.shape(outputs["cls_outputs"][str(self.MIN_LEVEL)])[0]
+    anchors = {level: tf.tile(boxes[None], [batch, 1, 1, 1])
+               for level, boxes in self.anchor_boxes.items()}
+    input_size = tf.constant(self.model.input_size, tf.float32)
+    detections = self.generator(
+        tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), outputs["box_outputs"]),
+        tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), outputs["cls_outputs"]),
+        anchors, tf.tile(input_size[None], [batch, 1]))
+    scale = tf.concat([input_size, input_size], axis=0)
+    return {
+        "boxes": tf.clip_by_value(detections["detection_boxes"] / scale, 0.0, 1.0),
+        "scores": tf.cast(detections["detection_scores"], tf.float32),
+        "classes": tf.cast(detections["detection_classes"], tf.int32),
+        "num_detections": tf.cast(detections["num_detections"], tf.int32),
+    }
+
+  def metric_label(self, targets, image_size):
+    n = int(targets["num_boxes"])
+    return {"boxes": targets["boxes"][:n], "classes": targets["classes"][:n],
+            "image_size": image_size}
+
+
+class _RetinaNetOnPyramid(tf_keras.layers.Layer):
+  """{'cls_outputs', 'box_outputs'} per level from the decoder's pyramid."""
+
+  def __init__(self, head, **kwargs):
+    super().__init__(**kwargs)
+    self.head = head
+
+  def call(self, features, training=None):
+    scores, boxes, _ = self.head(features["pyramid"], training=training)
+    return {"cls_outputs": scores, "box_outputs": boxes}

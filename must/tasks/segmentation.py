@@ -11,6 +11,7 @@ import tensorflow as tf
 from must import image_codec
 from must import tasks
 from must.tasks import base
+from must.tasks import heads
 
 ENCODED = "image/segmentation/class/encoded"
 FORMAT = "image/segmentation/class/format"
@@ -81,6 +82,9 @@ class Segmentation(base.Task):
   def metric(self) -> "MeanIoU":
     return MeanIoU(self.num_classes)
 
+  def student_head(self, config, model) -> "SegmentationHead":
+    return SegmentationHead(config, model, self.num_classes)
+
   def decode(self, parsed, image_size, present):
     # Absent: every pixel ignored.
     mask = base.decode_png_or_fill(parsed[ENCODED], present, image_size, 1, tf.uint8,
@@ -109,3 +113,26 @@ class MeanIoU(base.Metric):
     seen = union > 0
     return {"miou": float((intersection[seen] / union[seen]).mean()) if seen.any() else 0.0,
             "pixel_accuracy": float(intersection.sum() / max(self.confusion.sum(), 1))}
+
+
+class SegmentationHead(heads.StudentHead):
+  """Per-pixel classes on the fused level-2 map; cross-entropy, 255 ignored."""
+
+  def build(self):
+    return heads.DenseHead(self.num_classes, self.config, self.model, name="segmentation_head")
+
+  def targets(self, label, flip, output_size):
+    mask = heads.resize_dense(label["mask"][..., None], output_size)[..., 0]
+    return {"mask": heads.flip_dense(mask, flip), "present": label["present"]}
+
+  def loss(self, outputs, targets):
+    mask = tf.cast(targets["mask"], tf.int32)
+    logits = heads.upsample(outputs, tf.shape(mask)[1:3])
+    valid = mask != IGNORE_LABEL
+    per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.where(valid, mask, 0), logits=logits)
+    valid = tf.cast(valid, tf.float32)
+    return tf.reduce_sum(per_pixel * valid), tf.reduce_sum(valid)
+
+  def serve(self, outputs, image_size):
+    return {"probs": tf.nn.softmax(heads.upsample(outputs, image_size), axis=-1)}

@@ -13,6 +13,7 @@ import tensorflow as tf
 from must import image_codec
 from must import tasks
 from must.tasks import base
+from must.tasks import heads
 
 ENCODED = "image/normals/encoded"
 _HALF_RANGE = 32767.0  # codes 1..65535 <-> components -1..1
@@ -37,6 +38,7 @@ class SurfaceNormals(base.Task):
   """Dense surface normals."""
 
   name = "surface_normals"
+  student_loss_weight_rule = "fixed"
 
   def features(self, label: SurfaceNormalsLabel, image_size) -> base.Features:
     normals = np.asarray(label.normals)
@@ -69,6 +71,9 @@ class SurfaceNormals(base.Task):
   def metric(self) -> "AngularError":
     return AngularError()
 
+  def student_head(self, config, model) -> "SurfaceNormalsHead":
+    return SurfaceNormalsHead(config, model)
+
   def decode(self, parsed, image_size, present):
     # Absent: every pixel invalid.
     codes = base.decode_png_or_fill(parsed[ENCODED], present, image_size, 3, tf.uint16, 0)
@@ -98,3 +103,29 @@ class AngularError(base.Metric):
   def result(self):
     pixels = max(self.pixels, 1)
     return {"mean_angle": self.angle_sum / pixels, "within_11.25": self.within / pixels}
+
+
+class SurfaceNormalsHead(heads.StudentHead):
+  """Unit normals on the fused level-2 map; loss 1 - cos(angle) per valid pixel.
+
+  A left-right flip mirrors the x component (x points right in the camera frame).
+  """
+
+  def build(self):
+    return heads.DenseHead(3, self.config, self.model, name="surface_normals_head")
+
+  def targets(self, label, flip, output_size):
+    valid = tf.cast(label["valid"] & label["present"], tf.float32)[..., None]
+    dense = heads.resize_dense(tf.concat([label["normals"], valid], axis=-1), output_size)
+    dense = heads.flip_dense(dense, flip)
+    normals = dense[..., :3] * tf.where(flip, [-1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    return {"normals": normals, "valid": dense[..., 3] > 0.5, "present": label["present"]}
+
+  def loss(self, outputs, targets):
+    valid = tf.cast(targets["valid"], tf.float32)
+    pred = tf.math.l2_normalize(heads.upsample(outputs, tf.shape(valid)[1:3]), axis=-1)
+    cosine = tf.reduce_sum(pred * targets["normals"], axis=-1)
+    return tf.reduce_sum((1.0 - cosine) * valid), tf.reduce_sum(valid)
+
+  def serve(self, outputs, image_size):
+    return {"normals": tf.math.l2_normalize(heads.upsample(outputs, image_size), axis=-1)}

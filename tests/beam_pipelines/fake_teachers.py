@@ -71,6 +71,7 @@ class FakeTeacher:
     return {"depth": np.broadcast_to(ramp, (b, h, w)) + (means / 255.0)[:, None, None]}
 
 
-def load(path: str) -> FakeTeacher:
+def load(path: str, task: str | None = None) -> FakeTeacher:
   """The loader the pipeline takes in place of `must.serving.load`."""
+  del task  # A fake teacher's task comes from its path.
   return FakeTeacher(path)

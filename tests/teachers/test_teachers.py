@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import teachers
 from teachers import export
-from teachers import train
+from must import training
 from official.core import exp_factory
 from official.modeling import hyperparams
 from official.vision.serving import export_saved_model_lib
@@ -42,7 +42,7 @@ def exported(request, tiny_world, tmp_path_factory):
   """A teacher trained for two steps and exported: (task, model dir, export dir, world)."""
   task = request.param
   model_dir = str(tmp_path_factory.mktemp(task))
-  train.run(_params(task, tiny_world), model_dir, "train")
+  training.run(_params(task, tiny_world), model_dir, "train")
   export_dir = os.path.join(model_dir, "export")
   metadata = export.export_teacher(model_dir, export_dir, world_dir=tiny_world, version="t1")
   return task, model_dir, export_dir, metadata
@@ -112,11 +112,11 @@ def test_empty_or_missing_split_is_named(tmp_path):
   empty = tmp_path / "empty-00000-of-00001.tfrecord"
   tf.io.TFRecordWriter(str(empty)).close()
   with pytest.raises(ValueError, match="with no examples"):
-    train.check_input(str(empty), "task.train_data.input_path")
+    training.check_input(str(empty), "task.train_data.input_path")
   with pytest.raises(ValueError, match="matches no files"):
-    train.check_input(str(tmp_path / "none-*"), "task.train_data.input_path")
+    training.check_input(str(tmp_path / "none-*"), "task.train_data.input_path")
   with pytest.raises(ValueError, match="is empty"):
-    train.check_input("", "task.train_data.input_path")
+    training.check_input("", "task.train_data.input_path")
 
 
 @pytest.mark.parametrize("args,message", [
@@ -143,14 +143,14 @@ def test_shipped_teacher_configs_load_strictly(path):
 
 def test_restarted_training_resumes_from_its_checkpoint(tiny_world, tmp_path):
   params = _params("classification", tiny_world)
-  train.run(params, str(tmp_path), "train")
+  training.run(params, str(tmp_path), "train")
   first = tf.train.latest_checkpoint(str(tmp_path))
   weights = {name: tf.train.load_variable(first, name)
              for name, _ in tf.train.list_variables(first) if "kernel" in name}
-  train.run(params, str(tmp_path), "train")  # Same schedule: nothing left to do.
+  training.run(params, str(tmp_path), "train")  # Same schedule: nothing left to do.
   assert tf.train.latest_checkpoint(str(tmp_path)) == first
   for name, value in weights.items():
     np.testing.assert_array_equal(tf.train.load_variable(first, name), value)
   params.override({"trainer": {"train_steps": 4}})
-  train.run(params, str(tmp_path), "train")  # Two more steps from step 2.
+  training.run(params, str(tmp_path), "train")  # Two more steps from step 2.
   assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-4")

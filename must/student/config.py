@@ -1,0 +1,182 @@
+"""Configs of the multi-task student and its registered experiment.
+
+  must_student     ResNet-FPN student with one head per task (classification,
+                   detection, segmentation, depth by default) on the world's
+                   96x96 images, sized for a 2-core CPU.
+
+The loss weight of each head follows the paper: w_i = (b_s * lr_i) / (b_i *
+lr_s), with b, lr the batch size and learning rate of teacher i's training and
+of the student's; depth is weighed on its own (1). `resolve_loss_weights` fills
+in every weight left unset from the teachers' `teacher.json`.
+"""
+import dataclasses
+import json
+import logging
+import os
+from typing import List, Optional, Sequence, Union
+
+from must import configs
+from must import serving
+from must import tasks
+from must.tasks import heads as heads_lib
+from official.core import config_definitions as cfg
+from official.core import exp_factory
+from official.modeling import hyperparams
+from official.vision.configs import backbones
+from official.vision.configs import common
+from official.vision.configs import decoders
+
+EXPERIMENT = "must_student"
+WORLD_IMAGE_SIZE = 96
+WORLD_NUM_CLASSES = 11
+DEFAULT_TASKS = ("classification", "detection", "segmentation", "depth")
+
+
+@dataclasses.dataclass
+class StudentModel(hyperparams.Config):
+  """Backbone + FPN on levels min_level..max_level + one head per task."""
+  input_size: List[int] = dataclasses.field(
+      default_factory=lambda: [WORLD_IMAGE_SIZE, WORLD_IMAGE_SIZE, 3])
+  min_level: int = 2
+  max_level: int = 7
+  backbone: backbones.Backbone = dataclasses.field(default_factory=configs.small_resnet)
+  decoder: decoders.Decoder = dataclasses.field(
+      default_factory=lambda: decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=64)))
+  norm_activation: common.NormActivation = dataclasses.field(
+      default_factory=configs.norm_activation)
+  heads: List[heads_lib.HeadConfig] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class StudentDataConfig(cfg.DataConfig):
+  """TFRecords in the MuST schema (e.g. the pseudo-labeling pipeline's shards).
+
+  Attributes:
+    aug_rand_hflip: random left-right flip of the image and every label.
+    file_type: 'tfrecord' or 'tfrecord_compressed'.
+    dtype: dtype of the images fed to the model.
+  """
+  input_path: Union[Sequence[str], str, hyperparams.Config] = ""
+  global_batch_size: int = 0
+  is_training: bool = True
+  aug_rand_hflip: bool = True
+  shuffle_buffer_size: int = 1000
+  drop_remainder: bool = True
+  file_type: str = "tfrecord"
+  dtype: str = "float32"
+
+
+@dataclasses.dataclass
+class StudentTaskConfig(cfg.TaskConfig):
+  """The student task.
+
+  Attributes:
+    teachers: teacher export dirs (with `teacher.json`) whose training batch
+      size and learning rate set the default loss weights.
+    l2_weight_decay: L2 regularization of the kernels.
+    init_checkpoint_modules: 'all', or 'backbone' and/or 'decoder'.
+  """
+  model: StudentModel = dataclasses.field(default_factory=StudentModel)
+  train_data: StudentDataConfig = dataclasses.field(default_factory=StudentDataConfig)
+  validation_data: StudentDataConfig = dataclasses.field(
+      default_factory=lambda: StudentDataConfig(is_training=False, aug_rand_hflip=False,
+                                                drop_remainder=False))
+  teachers: List[str] = dataclasses.field(default_factory=list)
+  l2_weight_decay: float = 1e-5
+  init_checkpoint: Optional[str] = None
+  init_checkpoint_modules: Union[str, List[str]] = "all"
+
+
+def default_heads(task_names: Sequence[str] = DEFAULT_TASKS,
+                  num_classes: int = WORLD_NUM_CLASSES) -> list[heads_lib.HeadConfig]:
+  """One head per task with the world's class count for the tasks that have classes."""
+  with_classes = {"classification", "detection", "segmentation"}
+  return [heads_lib.HeadConfig(task=name, num_classes=num_classes if name in with_classes else 0)
+          for name in task_names]
+
+
+@exp_factory.register_config_factory(EXPERIMENT)
+def must_student() -> cfg.ExperimentConfig:
+  """The CPU-sized student: half-width ResNet-18, 64-filter FPN P2-P7, 96x96."""
+  batch_size = 32
+  return cfg.ExperimentConfig(
+      task=StudentTaskConfig(
+          model=StudentModel(heads=default_heads()),
+          train_data=StudentDataConfig(is_training=True, global_batch_size=batch_size),
+          validation_data=StudentDataConfig(is_training=False, global_batch_size=batch_size,
+                                            aug_rand_hflip=False, drop_remainder=False)),
+      trainer=configs.trainer(train_steps=2000, learning_rate=2e-3),
+      restrictions=["task.train_data.is_training != None",
+                    "task.validation_data.is_training != None"])
+
+
+def schema_params(head: heads_lib.HeadConfig) -> dict:
+  """The schema parameters of a head's task (its class count, where it has one)."""
+  return {"num_classes": head.num_classes} if head.num_classes else {}
+
+
+def check_heads(model: StudentModel) -> None:
+  """Stops with a message naming the head when a task is unknown or repeated."""
+  if not model.heads:
+    raise ValueError("task.model.heads is empty: give at least one head")
+  names = [head.task for head in model.heads]
+  if len(set(names)) != len(names):
+    raise ValueError(f"task.model.heads repeats a task: {names}")
+  for head in model.heads:
+    tasks.get(head.task)  # a miss lists the registered tasks
+
+
+def _teacher_metadata(teacher_dirs: Sequence[str]) -> dict[str, dict]:
+  by_task = {}
+  for path in teacher_dirs:
+    metadata_path = os.path.join(path, serving.METADATA_FILE)
+    try:
+      with open(metadata_path) as f:
+        metadata = json.load(f)
+    except (OSError, ValueError) as e:
+      raise FileNotFoundError(f"task.teachers: cannot read {metadata_path}: {e}") from None
+    by_task[metadata["task"]] = metadata
+  return by_task
+
+
+def resolve_loss_weights(params: cfg.ExperimentConfig) -> dict[str, float]:
+  """Fills in every head's unset loss weight (the paper's rule); returns them all.
+
+  w_i = (b_s * lr_i) / (b_i * lr_s) for heads whose task follows the teacher
+  rule and whose teacher is in `task.teachers`; 1.0 for the others (depth, or
+  a task without teacher metadata). Weights set in the config are kept.
+  """
+  metadata = _teacher_metadata(params.task.teachers)
+  student_batch = params.task.train_data.global_batch_size
+  student_lr = configs.initial_learning_rate(params.trainer)
+  weights = {}
+  check_heads(params.task.model)
+  for head in params.task.model.heads:
+    if head.loss_weight is None:
+      rule = tasks.get(head.task).student_loss_weight_rule
+      teacher = metadata.get(head.task)
+      if rule == "teacher" and teacher:
+        head.loss_weight = float(student_batch * teacher["train_learning_rate"] /
+                                 (teacher["train_batch_size"] * student_lr))
+      else:
+        if rule == "teacher":
+          logging.warning("no teacher metadata for %s in task.teachers: loss weight 1",
+                          head.task)
+        head.loss_weight = 1.0
+    weights[head.task] = head.loss_weight
+  return weights
+
+
+def model_spec(model: StudentModel, l2_regularizer=None) -> heads_lib.ModelSpec:
+  """What the heads see of the student model."""
+  return heads_lib.ModelSpec(input_size=list(model.input_size[:2]), min_level=model.min_level,
+                         max_level=model.max_level, norm_activation=model.norm_activation,
+                         l2_regularizer=l2_regularizer)
+
+
+def build_heads(model: StudentModel, l2_regularizer=None) -> dict[str, heads_lib.StudentHead]:
+  """Task name -> its `StudentHead`, in the config's order."""
+  check_heads(model)
+  spec = model_spec(model, l2_regularizer)
+  return {head.task: tasks.build(head.task, **schema_params(head)).student_head(head, spec)
+          for head in model.heads}

@@ -1,0 +1,122 @@
+"""Exports a trained student: the multi-task SavedModel and the backbone alone.
+
+  python -m must.student.export --model_dir out/student \
+      --export_dir out/student/export [--world_dir out/world] [--version 2]
+
+Writes under `--export_dir`:
+
+  saved_model.pb, variables/   one SavedModel with a signature per task, named
+                               after the task, each the teacher signature
+                               (`images` uint8 [B, H, W, 3] in, that task's raw
+                               outputs out; see `teachers/export.py`)
+  teacher.json                 what it serves: `tasks` (per task: class count
+                               and names), input size, the training batch size
+                               and learning rate, version
+  backbone/ckpt-1.*            the backbone alone, a checkpoint any Model Garden
+                               task loads with `init_checkpoint_modules: backbone`
+
+So the student serves as the teachers of the next self-training round: list it
+once per task in the pseudo-labeling teachers config (`must.serving.load(path,
+task)` picks the task's signature).
+"""
+import json
+import os
+
+from absl import app
+from absl import flags
+import tensorflow as tf
+
+import must.student  # noqa: F401  (registers the student task and experiment)
+from must import configs
+from must import serving
+from must.student import config as student_config
+from must.student import task as task_lib
+from official.core import exp_factory
+from official.modeling import hyperparams
+
+BACKBONE_DIR = "backbone"
+
+
+def load_params(model_dir: str):
+  """The student's experiment config saved as params.yaml in its model dir."""
+  path = os.path.join(model_dir, "params.yaml")
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: not a student model dir "
+                            "(python -m must.train ... --model_dir DIR)")
+  params = exp_factory.get_exp_config(student_config.EXPERIMENT)
+  params.override(hyperparams.read_yaml_to_params_dict(path).as_dict(), is_strict=True)
+  return params
+
+
+def latest_checkpoint(model_dir: str) -> str:
+  checkpoint = tf.train.latest_checkpoint(model_dir)
+  if checkpoint is None:
+    raise FileNotFoundError(f"no checkpoint in {model_dir}: train the student first "
+                            "(python -m must.train ... --model_dir DIR)")
+  return checkpoint
+
+
+class StudentModule(tf.Module):
+  """The student behind one teacher signature per task."""
+
+  def __init__(self, task: task_lib.StudentTask, model):
+    super().__init__()
+    self.model = model  # Saved with the module: the model's variables.
+    spec = tf.TensorSpec([None, *task.input_size, 3], tf.uint8, name="images")
+    self.serve_fns = {
+        name: tf.function(lambda images, name=name: task.serve(model, images, [name])[name],
+                          input_signature=[spec])
+        for name in task.heads}
+
+
+def export_student(model_dir: str, export_dir: str, *, checkpoint_path: str | None = None,
+                   version: str | None = None, world_dir: str | None = None) -> dict:
+  """Exports the trained student in `model_dir`; returns its metadata."""
+  params = load_params(model_dir)
+  checkpoint = checkpoint_path or latest_checkpoint(model_dir)
+  task = task_lib.StudentTask(params.task)
+  model = task.build_model()
+  tf.train.Checkpoint(model=model).read(checkpoint).expect_partial()
+  module = StudentModule(task, model)
+  tf.saved_model.save(module, export_dir, signatures=module.serve_fns)
+  tf.train.Checkpoint(backbone=model.backbone).save(
+      os.path.join(export_dir, BACKBONE_DIR, "ckpt"))
+  class_names = None
+  if world_dir:
+    from must.world import writer  # pylint: disable=g-import-not-at-top
+    class_names = writer.load_metadata(world_dir)["categories"]
+  metadata = {
+      "experiment": student_config.EXPERIMENT,
+      "version": version or f"step{checkpoint.rsplit('-', 1)[-1]}",
+      "input_size": task.input_size,
+      "tasks": {head.task: {"num_classes": head.num_classes or None,
+                            "class_names": class_names if head.num_classes else None,
+                            "loss_weight": task.loss_weights[head.task]}
+                for head in params.task.model.heads},
+      "train_batch_size": params.task.train_data.global_batch_size,
+      "train_learning_rate": configs.initial_learning_rate(params.trainer),
+      "backbone_checkpoint": os.path.join(BACKBONE_DIR, "ckpt-1"),
+      "source": os.path.abspath(checkpoint),
+  }
+  with tf.io.gfile.GFile(os.path.join(export_dir, serving.METADATA_FILE), "w") as f:
+    json.dump(metadata, f, indent=2)
+  return metadata
+
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "The trained student's model dir.")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Where to write the export.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint_path", None, "Default: latest in --model_dir.")
+_VERSION = flags.DEFINE_string("version", None, "Version; default step<N>.")
+_WORLD_DIR = flags.DEFINE_string("world_dir", None, "Takes class names from its world.json.")
+
+
+def main(argv):
+  del argv
+  print(json.dumps(export_student(_MODEL_DIR.value, _EXPORT_DIR.value,
+                                  checkpoint_path=_CHECKPOINT.value, version=_VERSION.value,
+                                  world_dir=_WORLD_DIR.value), indent=2))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["model_dir", "export_dir"])
+  app.run(main)

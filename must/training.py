@@ -1,0 +1,80 @@
+"""What the training binaries share: config parsing and Model Garden's driver.
+
+`teachers/train.py` and `must/train.py` are thin absl binaries over these: they
+parse Model Garden's flags (`--experiment`, `--config_file`,
+`--params_override`, `--mode`, `--model_dir`, `--tpu`), save the final config
+as `params.yaml`, build the strategy from the runtime config and hand over to
+`train_lib.run_experiment`, which restores the latest checkpoint in the model
+dir, so a restarted run resumes.
+"""
+from typing import Sequence
+
+from absl import app
+import tensorflow as tf
+
+import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
+from official.common import distribute_utils
+from official.core import task_factory
+from official.core import train_lib
+from official.core import train_utils
+from official.modeling import performance
+
+
+def parse_params(flags_obj, experiments: Sequence[str], resolve=None):
+  """The locked experiment config from the flags.
+
+  Args:
+    flags_obj: Model Garden's flags.
+    experiments: the experiment names this binary trains.
+    resolve: optional function that completes the config before it is locked
+      (e.g. fills in derived values); its errors stop like a bad key.
+
+  Raises:
+    app.UsageError: an unknown experiment, a bad key or value, naming it.
+  """
+  if flags_obj.experiment not in experiments:
+    raise app.UsageError(f"unknown experiment {flags_obj.experiment!r}; valid: "
+                         f"{sorted(experiments)}")
+  try:
+    params = train_utils.parse_configuration(flags_obj, lock_return=False)
+    if resolve is not None:
+      resolve(params)
+  except (KeyError, ValueError, FileNotFoundError) as e:
+    raise app.UsageError(f"bad config ({flags_obj.config_file or 'defaults'}, "
+                         f"--params_override={flags_obj.params_override!r}): {e}") from None
+  params.lock()
+  return params
+
+
+def run(params, model_dir: str, mode: str = "train_and_eval"):
+  """Trains/evaluates `params` in `model_dir`; returns (model, eval logs)."""
+  # The strategy first: multi-worker collectives must be set up before any op runs.
+  strategy = distribute_utils.get_distribution_strategy(
+      distribution_strategy=params.runtime.distribution_strategy,
+      all_reduce_alg=params.runtime.all_reduce_alg,
+      num_gpus=params.runtime.num_gpus,
+      tpu_address=params.runtime.tpu)
+  for name in ("train_data", "validation_data"):
+    data = getattr(params.task, name)
+    if "train" in mode or name == "validation_data":
+      check_input(data.input_path, f"task.{name}.input_path")
+  if "train" in mode:
+    train_utils.serialize_config(params, model_dir)
+  if params.runtime.mixed_precision_dtype:
+    performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
+  with strategy.scope():
+    task = task_factory.get_task(params.task, logging_dir=model_dir)
+  return train_lib.run_experiment(distribution_strategy=strategy, task=task, mode=mode,
+                                  params=params, model_dir=model_dir)
+
+
+def check_input(input_path, key: str) -> None:
+  """Stops with a clear message when an input pattern matches no examples."""
+  patterns = [p for p in str(input_path).split(",") if p]
+  if not patterns:
+    raise ValueError(f"{key} is empty: point it at TFRecord shards")
+  files = [f for p in patterns for f in tf.io.gfile.glob(p)]
+  if not files:
+    raise ValueError(f"{key}={input_path!r} matches no files")
+  if not any(True for f in files for _ in tf.data.TFRecordDataset(f).take(1)):
+    raise ValueError(f"{key}={input_path!r} matches {len(files)} files with no examples")
