@@ -23,6 +23,7 @@ from must.student import model as model_lib
 from must.student import task as task_lib
 from must.tasks import heads
 from official.core import exp_factory
+from official.modeling import hyperparams
 
 REPO = pathlib.Path(__file__).parents[2]
 SIZE = 64
@@ -158,6 +159,14 @@ def test_loss_weights_follow_the_paper_rule_and_keep_overrides(tmp_path):
   assert weights["detection"] == pytest.approx(4 * 0.002 / (16 * student_lr))
   assert weights["segmentation"] == 0.3
   assert weights["depth"] == 1.0  # weighed on its own
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (REPO / "configs/student").glob("*.yaml")))
+def test_shipped_student_configs_load_strictly(path):
+  params = exp_factory.get_exp_config(student_config.EXPERIMENT)
+  params.override(hyperparams.read_yaml_to_params_dict(path).as_dict(), is_strict=True)
+  params.validate()
+  student_config.check_heads(params.task.model)
 
 
 def test_unknown_head_task_lists_the_registered_ones(tiny_world):
