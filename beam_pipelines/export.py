@@ -42,6 +42,10 @@ TFRecords are balanced.
 Malformed input (another schema version, an example missing a task of
 `--tasks`, an undecodable label, a duplicate id, an unreadable shard) goes to
 the dead letters with its reason, never stopping the run.
+
+TFRecords, the COCO files and the JSON lines are written by Beam's file sinks
+(exactly-once finalize); the per-image files are written by a DoFn under the
+image's id, so a retried bundle rewrites the same bytes.
 """
 import argparse
 import dataclasses

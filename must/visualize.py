@@ -228,6 +228,9 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[np.ndarray]]], title: str =
 def _bars(axes, labels: Sequence[str], values: Sequence[float], title: str, color: str) -> None:
   positions = np.arange(len(values))
   axes.bar(positions, values, color=color)
+  positive = [v for v in values if v > 0]
+  if positive and max(positive) > 50 * min(positive):  # e.g. background pixels
+    axes.set_yscale("log")
   axes.set_xticks(positions, labels, rotation=60 if len(labels) > 6 else 0, fontsize=7)
   axes.tick_params(axis="y", labelsize=7)
   axes.set_title(title, fontsize=9)
