@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import logging
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 import apache_beam as beam
@@ -61,6 +62,39 @@ def make_options(options_class: type[pipeline_options.PipelineOptions],
     standard.runner = DEFAULT_RUNNER
   options.view_as(pipeline_options.SetupOptions).save_main_session = False
   return options
+
+
+class Progress:
+  """Logs how many elements a worker has done, and how fast, while the job runs.
+
+  Beam's counters are only complete when the job ends; this logs every
+  `interval` seconds from inside a DoFn, e.g. 'pseudo_label: 1,200 images
+  (9.8/s), 3 dead letters'.
+  """
+
+  def __init__(self, what: str, *keys: str, interval: float = 10.0):
+    self.what = what
+    self.interval = interval
+    self.counts = dict.fromkeys(keys, 0)
+    self.start = self.last = None
+
+  def add(self, key: str, n: int = 1) -> None:
+    """Counts `n` more under `key`, one of the keys given (the first is rated)."""
+    now = time.monotonic()
+    if self.start is None:
+      self.start = self.last = now
+    self.counts[key] = self.counts.get(key, 0) + n
+    if now - self.last >= self.interval:
+      self.last = now
+      self.log()
+
+  def log(self) -> None:
+    if self.start is None:
+      return
+    (main, count), *rest = self.counts.items()
+    rate = count / max(time.monotonic() - self.start, 1e-9)
+    others = "".join(f", {n:,} {key}" for key, n in rest)
+    logging.info("%s: %s %s (%.1f/s)%s", self.what, f"{count:,}", main, rate, others)
 
 
 def require(view: Any, names: Sequence[str]) -> None:

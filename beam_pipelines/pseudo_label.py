@@ -315,6 +315,10 @@ class MakeExamplesFn(beam.DoFn):
     self.out = beam.metrics.Metrics.counter(_NAMESPACE, "examples_out")
     self.kept = beam.metrics.Metrics.counter(_NAMESPACE, "ground_truth_kept")
     self.failed = beam.metrics.Metrics.counter(_NAMESPACE, "dead_letters")
+    self.progress = common.Progress(_NAMESPACE, "images labeled", "labeling failures")
+
+  def teardown(self):
+    self.progress.log()
 
   def process(self, item) -> Iterator[Any]:
     element, outputs = item
@@ -322,10 +326,12 @@ class MakeExamplesFn(beam.DoFn):
       record, stats = self._make(element, outputs)
     except Exception as e:  # pylint: disable=broad-except  (one image never fails the job)
       self.failed.inc()
+      self.progress.add("labeling failures")
       yield beam.pvalue.TaggedOutput(decode.DEAD_LETTERS, decode.dead_letter(
           element.path, LABELING_FAILED, f"{type(e).__name__}: {e}"))
       return
     self.out.inc()
+    self.progress.add("images labeled")
     yield record
     yield beam.pvalue.TaggedOutput("stats", stats)
 
