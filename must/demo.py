@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 
 from must import configs
+from must import report
 from must.world import writer as world_writer
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "out/demo", "Where every stage writes.")
@@ -76,17 +77,88 @@ def _run_teachers(config_dir: str, output_dir: str) -> dict:
   for path in export_dirs:
     with open(os.path.join(path, "eval_metrics.json")) as f:
       metrics.update(json.load(f)["metrics"])
-  return {"metrics": metrics}
+  return {"metrics": metrics, "exports": dict(zip(overrides, export_dirs))}
+
+
+def _stage_summary(output_dir: str, stage: str) -> dict:
+  with open(os.path.join(output_dir, f"{stage}{_DONE_FILE}")) as f:
+    return json.load(f)
+
+
+def _read_yaml(config_dir: str, name: str) -> dict:
+  with open(os.path.join(config_dir, name)) as f:
+    return yaml.safe_load(f) or {}
+
+
+def _run_pseudo_label(config_dir: str, output_dir: str) -> dict:
+  """Runs the Beam pipeline with every demo teacher over the world's corpus."""
+  settings = _read_yaml(config_dir, "pseudo_label.yaml")
+  exports = _stage_summary(output_dir, "teachers")["exports"]
+  world = world_writer.load_metadata(os.path.join(output_dir, "world"))
+  stage_dir = os.path.join(output_dir, "pseudo_label")
+  os.makedirs(stage_dir, exist_ok=True)
+  teachers_config = os.path.join(stage_dir, "teachers.yaml")
+  with open(teachers_config, "w") as f:
+    yaml.safe_dump({
+        "teachers": [{"task": task, "path": path, "batch_size": settings.get("batch_size", 16)}
+                     for task, path in exports.items()],
+        "thresholds": {task: value for task, value in (settings.get("thresholds") or {}).items()
+                       if task in exports}}, f)
+  _binary("beam_pipelines.pseudo_label", "--runner=DirectRunner",
+          f"--input_pattern={world['splits']['corpus']['pattern']}",
+          f"--teachers_config={teachers_config}", f"--output_dir={stage_dir}")
+  with open(os.path.join(stage_dir, "summary.json")) as f:
+    summary = json.load(f)
+  return {"counts": summary["counts"],
+          "shards": os.path.join(stage_dir, "pseudo_labeled-*.tfrecord")}
+
+
+def _run_student(config_dir: str, output_dir: str) -> dict:
+  """Trains the student on the pseudo labels, exports and evaluates it."""
+  exports = _stage_summary(output_dir, "teachers")["exports"]
+  world_dir = os.path.join(output_dir, "world")
+  world = world_writer.load_metadata(world_dir)
+  model_dir = os.path.join(output_dir, "student")
+  heads = [{"task": task, "num_classes": world["task_params"][task].get("num_classes", 0)}
+           for task in exports]
+  params = _merged(
+      {"task": {"teachers": list(exports.values()), "model": {"heads": heads},
+                "train_data": {"input_path": _stage_summary(output_dir, "pseudo_label")["shards"]},
+                "validation_data": {"input_path": world["splits"]["eval"]["pattern"]}}},
+      _read_yaml(config_dir, "student.yaml"))
+  _binary("must.train", "--experiment=must_student", "--mode=train", f"--model_dir={model_dir}",
+          f"--params_override={json.dumps(params)}")
+  export_dir = os.path.join(model_dir, "export")
+  _binary("must.student.export", f"--model_dir={model_dir}", f"--export_dir={export_dir}",
+          f"--world_dir={world_dir}")
+  _binary("teachers.evaluate", f"--world_dir={world_dir}", f"--teacher_dirs={export_dir}")
+  with open(os.path.join(export_dir, "eval_metrics.json")) as f:
+    return {"metrics": json.load(f)["metrics"], "export": export_dir}
+
+
+def _run_report(config_dir: str, output_dir: str) -> dict:
+  """report.md: teachers vs student, a figure, a pseudo-label sheet, timings."""
+  del config_dir
+  report_dir = os.path.join(output_dir, "report")
+  _binary("beam_pipelines.inspect_labels", "--runner=DirectRunner",
+          f"--input_pattern={_stage_summary(output_dir, 'pseudo_label')['shards']}",
+          f"--output_dir={os.path.join(report_dir, 'pseudo_labels')}", "--num_images=8")
+  timings = {stage: _stage_summary(output_dir, stage).get("seconds")
+             for stage, runner in STAGES if runner is not None and stage != "report"}
+  text = report.write(report_dir, _stage_summary(output_dir, "teachers")["metrics"],
+                      _stage_summary(output_dir, "student")["metrics"], timings)
+  print(text)
+  return {"report": os.path.join(report_dir, report.REPORT_FILE)}
 
 
 # (name, runner or None when the project does not have the stage yet)
 STAGES: list[tuple[str, Callable[[str, str], dict] | None]] = [
     ("world", _run_world),
     ("teachers", _run_teachers),
-    ("pseudo_label", None),
-    ("student", None),
+    ("pseudo_label", _run_pseudo_label),
+    ("student", _run_student),
     ("transfer", None),
-    ("report", None),
+    ("report", _run_report),
 ]
 
 

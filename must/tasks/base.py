@@ -64,6 +64,8 @@ class Task(abc.ABC):
   """
 
   name: ClassVar[str]
+  # The metric (a key of `metric().result()`) reports compare models on; higher is better.
+  primary_metric: ClassVar[str]
   # How the student weighs this task's loss by default: 'teacher' applies the
   # paper's rule w = (b_s * lr_t) / (b_t * lr_s) from the teacher's metadata;
   # 'fixed' uses 1 (the paper weighs depth on its own).

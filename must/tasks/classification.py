@@ -45,6 +45,7 @@ class Classification(base.Task):
   """
 
   name = "classification"
+  primary_metric = "top1"
 
   def __init__(self, num_classes: int, top_k: int | None = None):
     if num_classes < 1:

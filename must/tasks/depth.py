@@ -58,6 +58,7 @@ class Depth(base.Task):
   """Dense depth (relative inverse or metric)."""
 
   name = "depth"
+  primary_metric = "delta_1.25"
   student_loss_weight_rule = "fixed"
 
   def features(self, label: DepthLabel, image_size) -> base.Features:

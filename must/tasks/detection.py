@@ -59,6 +59,7 @@ class Detection(base.Task):
   """
 
   name = "detection"
+  primary_metric = "AP"
 
   def __init__(self, num_classes: int):
     self.num_classes = num_classes

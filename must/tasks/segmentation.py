@@ -33,6 +33,7 @@ class Segmentation(base.Task):
   """
 
   name = "segmentation"
+  primary_metric = "miou"
 
   def __init__(self, num_classes: int):
     if not 1 <= num_classes <= IGNORE_LABEL:

@@ -38,6 +38,7 @@ class SurfaceNormals(base.Task):
   """Dense surface normals."""
 
   name = "surface_normals"
+  primary_metric = "within_11.25"
   student_loss_weight_rule = "fixed"
 
   def features(self, label: SurfaceNormalsLabel, image_size) -> base.Features:

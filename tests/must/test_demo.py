@@ -15,11 +15,21 @@ TINY_TEACHERS = {"classification": {
     "trainer": {"train_steps": 2, "steps_per_loop": 1, "checkpoint_interval": 2}}}
 
 
+TINY_STUDENT = {
+    "task": {"model": {"input_size": [64, 64, 3],
+                       "backbone": {"resnet": {"model_id": 10, "depth_multiplier": 0.25}},
+                       "decoder": {"fpn": {"num_filters": 16}}},
+             "train_data": {"global_batch_size": 4}, "validation_data": {"global_batch_size": 4}},
+    "trainer": {"train_steps": 2, "steps_per_loop": 1, "checkpoint_interval": 2}}
+
+
 def test_runs_then_skips_then_reruns_on_config_change(tmp_path):
   config_dir, output_dir = tmp_path / "configs", tmp_path / "out"
   config_dir.mkdir()
   shutil.copy(REPO / "configs/world/tiny.yaml", config_dir / "world.yaml")
   (config_dir / "teachers.yaml").write_text(json.dumps(TINY_TEACHERS))
+  shutil.copy(REPO / "configs/demo/pseudo_label.yaml", config_dir / "pseudo_label.yaml")
+  (config_dir / "student.yaml").write_text(json.dumps(TINY_STUDENT))
 
   first = demo.run(str(config_dir), str(output_dir))
   assert first["world"]["status"] == "ran" and first["teachers"]["status"] == "ran"
@@ -29,13 +39,20 @@ def test_runs_then_skips_then_reruns_on_config_change(tmp_path):
   assert (output_dir / "teachers/classification/export/teacher.json").exists()
   missing = [s for s, r in first.items() if r["status"].startswith("missing")]
   assert missing == [s for s, runner in demo.STAGES if runner is None]
+  counts = json.loads((output_dir / "pseudo_label.done.json").read_text())["counts"]
+  assert counts["balanced"] and counts["examples_out"] > 0
+  student = json.loads((output_dir / "student.done.json").read_text())["metrics"]
+  assert 0.0 <= student["classification"]["top1"] <= 1.0
+  report = (output_dir / "report" / "report.md").read_text()
+  assert "| classification | top1 |" in report
+  for artifact in ("metrics.png", "pseudo_labels/contact_sheet.png"):
+    assert (output_dir / "report" / artifact).stat().st_size > 1000
 
   again = demo.run(str(config_dir), str(output_dir))
-  assert again["world"]["status"].startswith("skipped")
-  assert again["teachers"]["status"].startswith("skipped")
+  assert all(r["status"].startswith(("skipped", "missing")) for r in again.values()), again
 
-  with open(config_dir / "world.yaml", "a") as f:
-    f.write("jpeg_quality: 90\n")
+  with open(config_dir / "pseudo_label.yaml", "a") as f:
+    f.write("batch_size: 8\n")
   changed = demo.run(str(config_dir), str(output_dir))
-  assert changed["world"]["status"] == "ran"
-  assert changed["teachers"]["status"] == "ran"  # downstream of a changed stage
+  assert changed["teachers"]["status"].startswith("skipped")  # upstream of the change
+  assert [changed[s]["status"] for s in ("pseudo_label", "student", "report")] == ["ran"] * 3
