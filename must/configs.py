@@ -6,7 +6,7 @@ where it came from; the result is validated and locked.
 """
 import dataclasses
 import typing
-from typing import TypeVar
+from typing import Sequence, TypeVar, Union
 
 import yaml
 
@@ -79,7 +79,26 @@ def load(config: ConfigT, config_file: str | None = None,
   return config
 
 
-# -- CPU-sized Model Garden defaults shared by the teacher and student experiments --
+# -- Model Garden config pieces shared by the teacher and student experiments --
+
+
+@dataclasses.dataclass
+class SchemaDataConfig(cfg.DataConfig):
+  """Input of a task that reads TFRecords in the MuST schema (`must.schema`).
+
+  Attributes:
+    aug_rand_hflip: random left-right flip of the image and every label (training).
+    file_type: 'tfrecord' or 'tfrecord_compressed'.
+    dtype: dtype of the images fed to the model ('float32', 'bfloat16', ...).
+  """
+  input_path: Union[Sequence[str], str, hyperparams.Config] = ""
+  global_batch_size: int = 0
+  is_training: bool = True
+  aug_rand_hflip: bool = True
+  shuffle_buffer_size: int = 1000
+  drop_remainder: bool = True
+  file_type: str = "tfrecord"
+  dtype: str = "float32"
 
 
 def small_resnet(model_id: int = 18, depth_multiplier: float = 0.5) -> backbones.Backbone:

@@ -22,6 +22,7 @@ from absl import flags
 from must import configs
 from must import report
 from must.world import writer as world_writer
+from official.modeling import hyperparams
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "out/demo", "Where every stage writes.")
 _CONFIG_DIR = flags.DEFINE_string("config_dir", "configs/demo", "The stages' configs.")
@@ -113,19 +114,19 @@ def _run_pseudo_label(config_dir: str, output_dir: str) -> dict:
           "shards": os.path.join(stage_dir, "pseudo_labeled-*.tfrecord")}
 
 
-def _run_student(config_dir: str, output_dir: str) -> dict:
-  """Trains the student on the pseudo labels, exports and evaluates it."""
+def _train_student(output_dir: str, model_dir: str, tasks: list[str], override: dict) -> dict:
+  """Trains a student with heads for `tasks` on the pseudo labels; exports and
+  evaluates it; returns its metrics per task."""
   exports = _stage_summary(output_dir, "teachers")["exports"]
   world_dir = os.path.join(output_dir, "world")
   world = world_writer.load_metadata(world_dir)
-  model_dir = os.path.join(output_dir, "student")
   heads = [{"task": task, "num_classes": world["task_params"][task].get("num_classes", 0)}
-           for task in exports]
+           for task in tasks]
   params = _merged(
       {"task": {"teachers": list(exports.values()), "model": {"heads": heads},
                 "train_data": {"input_path": _stage_summary(output_dir, "pseudo_label")["shards"]},
                 "validation_data": {"input_path": world["splits"]["eval"]["pattern"]}}},
-      _read_yaml(config_dir, "student.yaml"))
+      override)
   _binary("must.train", "--experiment=must_student", "--mode=train", f"--model_dir={model_dir}",
           f"--params_override={json.dumps(params)}")
   export_dir = os.path.join(model_dir, "export")
@@ -133,7 +134,80 @@ def _run_student(config_dir: str, output_dir: str) -> dict:
           f"--world_dir={world_dir}")
   _binary("teachers.evaluate", f"--world_dir={world_dir}", f"--teacher_dirs={export_dir}")
   with open(os.path.join(export_dir, "eval_metrics.json")) as f:
-    return {"metrics": json.load(f)["metrics"], "export": export_dir}
+    return json.load(f)["metrics"]
+
+
+def _run_student(config_dir: str, output_dir: str) -> dict:
+  """The MuST student: one head per teacher, trained on all pseudo labels."""
+  model_dir = os.path.join(output_dir, "student")
+  tasks = list(_stage_summary(output_dir, "teachers")["exports"])
+  metrics = _train_student(output_dir, model_dir, tasks, _read_yaml(config_dir, "student.yaml"))
+  return {"metrics": metrics, "export": os.path.join(model_dir, "export")}
+
+
+def _run_baselines(config_dir: str, output_dir: str) -> dict:
+  """Single-task students: the student's recipe on one task's pseudo labels only.
+
+  `baselines.yaml` lists the tasks (`tasks: [...]`); the schedule is the
+  student's (`student.yaml`), so each baseline sees as many steps as MuST.
+  """
+  override = _read_yaml(config_dir, "student.yaml")
+  metrics = {}
+  for task in _read_yaml(config_dir, "baselines.yaml").get("tasks") or []:
+    model_dir = os.path.join(output_dir, "baselines", task)
+    metrics[task] = _train_student(output_dir, model_dir, [task], override)[task]
+  return {"metrics": metrics}
+
+
+def _saved_model_config(model_dir: str) -> dict:
+  """task.model of the params.yaml a training run saved (Model Garden's YAML)."""
+  path = os.path.join(model_dir, "params.yaml")
+  return hyperparams.read_yaml_to_params_dict(path).as_dict()["task"]["model"]
+
+
+def _run_transfer(config_dir: str, output_dir: str) -> dict:
+  """Fine-tunes from each initialization on each downstream task, same budget.
+
+  Initializations: scratch, every teacher whose backbone has the student's
+  architecture (its training checkpoint), and the MuST student's exported
+  backbone. Each run is the student binary with one head, trained on the
+  world's transfer split and scored on its transfer eval split.
+  """
+  settings = _read_yaml(config_dir, "transfer.yaml")
+  world_dir = os.path.join(output_dir, "world")
+  world = world_writer.load_metadata(world_dir)
+  student_dir = os.path.join(output_dir, "student")
+  model = _saved_model_config(student_dir)
+  inits = {"scratch": None}
+  skipped = {}
+  for task, export_dir in _stage_summary(output_dir, "teachers")["exports"].items():
+    teacher_dir = os.path.dirname(export_dir)
+    if _saved_model_config(teacher_dir)["backbone"] == model["backbone"]:
+      inits[f"{task} teacher"] = teacher_dir
+    else:
+      skipped[f"{task} teacher"] = "its backbone differs from the student's"
+  inits["MuST student"] = os.path.join(_stage_summary(output_dir, "student")["export"],
+                                       "backbone")
+  results = {}
+  for task in settings["tasks"]:
+    head = {"task": task, "num_classes": world["task_params"][task].get("num_classes", 0)}
+    for init, checkpoint in inits.items():
+      run_dir = os.path.join(output_dir, "transfer", task, init.replace(" ", "_"))
+      params = _merged({"task": {
+          "model": {"backbone": model["backbone"], "decoder": model["decoder"], "heads": [head]},
+          "init_checkpoint": checkpoint or "", "init_checkpoint_modules": "backbone",
+          "train_data": {"input_path": world["splits"]["transfer_train"]["pattern"]},
+          "validation_data": {"input_path": world["splits"]["transfer_eval"]["pattern"]}}},
+          settings.get("student") or {})
+      _binary("must.train", "--experiment=must_student", "--mode=train",
+              f"--model_dir={run_dir}", f"--params_override={json.dumps(params)}")
+      export_dir = os.path.join(run_dir, "export")
+      _binary("must.student.export", f"--model_dir={run_dir}", f"--export_dir={export_dir}")
+      _binary("teachers.evaluate", f"--world_dir={world_dir}", f"--teacher_dirs={export_dir}",
+              "--split=transfer_eval")
+      with open(os.path.join(export_dir, "eval_metrics.json")) as f:
+        results.setdefault(init, {})[task] = json.load(f)["metrics"][task]
+  return {"metrics": results, "skipped": skipped}
 
 
 def _run_report(config_dir: str, output_dir: str) -> dict:
@@ -145,8 +219,11 @@ def _run_report(config_dir: str, output_dir: str) -> dict:
           f"--output_dir={os.path.join(report_dir, 'pseudo_labels')}", "--num_images=8")
   timings = {stage: _stage_summary(output_dir, stage).get("seconds")
              for stage, runner in STAGES if runner is not None and stage != "report"}
+  transfer = _stage_summary(output_dir, "transfer")
   text = report.write(report_dir, _stage_summary(output_dir, "teachers")["metrics"],
-                      _stage_summary(output_dir, "student")["metrics"], timings)
+                      _stage_summary(output_dir, "student")["metrics"], timings,
+                      baselines=_stage_summary(output_dir, "baselines")["metrics"],
+                      transfer=transfer["metrics"], transfer_skipped=transfer["skipped"])
   print(text)
   return {"report": os.path.join(report_dir, report.REPORT_FILE)}
 
@@ -157,7 +234,8 @@ STAGES: list[tuple[str, Callable[[str, str], dict] | None]] = [
     ("teachers", _run_teachers),
     ("pseudo_label", _run_pseudo_label),
     ("student", _run_student),
-    ("transfer", None),
+    ("baselines", _run_baselines),
+    ("transfer", _run_transfer),
     ("report", _run_report),
 ]
 

@@ -5,7 +5,8 @@ parse Model Garden's flags (`--experiment`, `--config_file`,
 `--params_override`, `--mode`, `--model_dir`, `--tpu`), save the final config
 as `params.yaml`, build the strategy from the runtime config and hand over to
 `train_lib.run_experiment`, which restores the latest checkpoint in the model
-dir, so a restarted run resumes.
+dir, so a restarted run resumes. `train_step` is the optimizer step of the
+project's own Model Garden tasks (the student, the depth teacher).
 """
 from typing import Sequence
 
@@ -13,11 +14,40 @@ from absl import app
 import tensorflow as tf
 
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
+import tf_keras
 from official.common import distribute_utils
 from official.core import task_factory
 from official.core import train_lib
 from official.core import train_utils
 from official.modeling import performance
+
+
+def train_step(model, optimizer, images, compute_loss) -> tf.Tensor:
+  """One optimizer step the way Model Garden's stock tasks take it.
+
+  Args:
+    model: the Keras model.
+    optimizer: its optimizer (a `LossScaleOptimizer` under mixed precision).
+    images: the model's input batch (this replica's).
+    compute_loss: model outputs -> this replica's loss (regularization included).
+
+  Returns:
+    The replica's loss. Gradients are summed over replicas, so the loss is
+    divided by the replica count before differentiating.
+  """
+  num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+  scaled = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+  with tf.GradientTape() as tape:
+    loss = compute_loss(model(images, training=True))
+    scaled_loss = loss / num_replicas
+    if scaled:
+      scaled_loss = optimizer.get_scaled_loss(scaled_loss)
+  variables = model.trainable_variables
+  grads = tape.gradient(scaled_loss, variables)
+  if scaled:
+    grads = optimizer.get_unscaled_gradients(grads)
+  optimizer.apply_gradients(list(zip(grads, variables)))
+  return loss
 
 
 def parse_params(flags_obj, experiments: Sequence[str], resolve=None):

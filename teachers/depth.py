@@ -34,7 +34,9 @@ import tensorflow as tf
 
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
 import tf_keras
+from must import configs
 from must import schema as schema_lib
+from must import training
 from must.tasks import depth as depth_task
 from must.tasks import heads
 from official.common import dataset_fn as dataset_fn_lib
@@ -107,25 +109,14 @@ class DepthModel(hyperparams.Config):
 
 
 @dataclasses.dataclass
-class DepthDataConfig(cfg.DataConfig):
+class DepthDataConfig(configs.SchemaDataConfig):
   """Input of the depth task: TFRecords in the MuST schema.
 
   Attributes:
     output_size: [height, width] images and targets are resized to; empty
       means the model's input size.
-    aug_rand_hflip: random horizontal flip of image and target (training).
-    file_type: 'tfrecord' or 'tfrecord_compressed'.
-    dtype: dtype of the images fed to the model ('float32', 'bfloat16', ...).
   """
-  input_path: Union[Sequence[str], str, hyperparams.Config] = ""
-  global_batch_size: int = 0
-  is_training: bool = True
   output_size: List[int] = dataclasses.field(default_factory=list)
-  aug_rand_hflip: bool = True
-  shuffle_buffer_size: int = 1000
-  drop_remainder: bool = True
-  file_type: str = "tfrecord"
-  dtype: str = "float32"
 
 
 @dataclasses.dataclass
@@ -421,19 +412,9 @@ class DepthTask(base_task.Task):
   def train_step(self, inputs, model: tf_keras.Model, optimizer, metrics=None):
     """One optimizer step; returns {'loss': per-replica loss}."""
     features, labels = inputs
-    num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    with tf.GradientTape() as tape:
-      outputs = model(features, training=True)
-      loss = self.build_losses(labels, outputs, aux_losses=model.losses)
-      # Gradients are summed over replicas, so each replica's loss is scaled down.
-      scaled_loss = loss / num_replicas
-      if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
-        scaled_loss = optimizer.get_scaled_loss(scaled_loss)
-    tvars = model.trainable_variables
-    grads = tape.gradient(scaled_loss, tvars)
-    if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
-      grads = optimizer.get_unscaled_gradients(grads)
-    optimizer.apply_gradients(list(zip(grads, tvars)))
+    loss = training.train_step(
+        model, optimizer, features,
+        lambda outputs: self.build_losses(labels, outputs, aux_losses=model.losses))
     return {self.loss: loss}
 
   def validation_step(self, inputs, model: tf_keras.Model, metrics=None):

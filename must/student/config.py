@@ -47,23 +47,8 @@ class StudentModel(hyperparams.Config):
   heads: List[heads_lib.HeadConfig] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass
-class StudentDataConfig(cfg.DataConfig):
-  """TFRecords in the MuST schema (e.g. the pseudo-labeling pipeline's shards).
-
-  Attributes:
-    aug_rand_hflip: random left-right flip of the image and every label.
-    file_type: 'tfrecord' or 'tfrecord_compressed'.
-    dtype: dtype of the images fed to the model.
-  """
-  input_path: Union[Sequence[str], str, hyperparams.Config] = ""
-  global_batch_size: int = 0
-  is_training: bool = True
-  aug_rand_hflip: bool = True
-  shuffle_buffer_size: int = 1000
-  drop_remainder: bool = True
-  file_type: str = "tfrecord"
-  dtype: str = "float32"
+# TFRecords in the MuST schema (e.g. the pseudo-labeling pipeline's shards).
+StudentDataConfig = configs.SchemaDataConfig
 
 
 @dataclasses.dataclass

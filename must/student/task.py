@@ -22,6 +22,7 @@ import tensorflow as tf
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
 import tf_keras
 from must import schema as schema_lib
+from must import training
 from must.student import config as student_config
 from must.student import model as model_lib
 from must.tasks import heads as heads_lib
@@ -93,7 +94,12 @@ class StudentTask(base_task.Task):
     return model
 
   def initialize(self, model: model_lib.MultiTaskModel):
-    """Loads `init_checkpoint` into all of the model or the named modules."""
+    """Loads `init_checkpoint` into all of the model or the named modules.
+
+    The checkpoint may be a training checkpoint of any Model Garden model with
+    the same backbone (a teacher's, for the transfer study), or the student's
+    exported `backbone/` checkpoint.
+    """
     path = self.task_config.init_checkpoint
     if not path:
       return
@@ -112,8 +118,13 @@ class StudentTask(base_task.Task):
     if unknown:
       raise ValueError(f"task.init_checkpoint_modules names {unknown}; valid: "
                        f"all, {sorted(items)}")
-    status = tf.train.Checkpoint(**{name: items[name] for name in modules}).read(path)
-    status.expect_partial().assert_existing_objects_matched()
+    named = {name: items[name] for name in modules}
+    # Model Garden's training checkpoints and the exported backbone both hold
+    # the modules at their root; a plain `Checkpoint(model=...)` nests them.
+    roots = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(path)}
+    checkpoint = (tf.train.Checkpoint(**named) if set(named) <= roots
+                  else tf.train.Checkpoint(model=tf.train.Checkpoint(**named)))
+    checkpoint.read(path).expect_partial().assert_existing_objects_matched()
 
   def build_inputs(self, params: student_config.StudentDataConfig,
                    input_context: Optional[tf.distribute.InputContext] = None
@@ -173,20 +184,10 @@ class StudentTask(base_task.Task):
   def train_step(self, inputs, model: tf_keras.Model, optimizer, metrics=None):
     """One optimizer step; returns {'loss': the weighted total}."""
     images, labels = inputs
-    num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    with tf.GradientTape() as tape:
-      outputs = model(images, training=True)
-      total = self.build_losses(labels, outputs, model.losses, metrics)
-      # Gradients are summed over replicas, so each replica's loss is scaled down.
-      scaled_loss = total / num_replicas
-      if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
-        scaled_loss = optimizer.get_scaled_loss(scaled_loss)
-    variables = model.trainable_variables
-    grads = tape.gradient(scaled_loss, variables)
-    if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
-      grads = optimizer.get_unscaled_gradients(grads)
-    optimizer.apply_gradients(list(zip(grads, variables)))
-    return {self.loss: total}
+    loss = training.train_step(
+        model, optimizer, images,
+        lambda outputs: self.build_losses(labels, outputs, model.losses, metrics))
+    return {self.loss: loss}
 
   def serve(self, model: tf_keras.Model, images: tf.Tensor,
             tasks=None) -> dict[str, dict[str, tf.Tensor]]:

@@ -30,6 +30,9 @@ def test_runs_then_skips_then_reruns_on_config_change(tmp_path):
   (config_dir / "teachers.yaml").write_text(json.dumps(TINY_TEACHERS))
   shutil.copy(REPO / "configs/demo/pseudo_label.yaml", config_dir / "pseudo_label.yaml")
   (config_dir / "student.yaml").write_text(json.dumps(TINY_STUDENT))
+  (config_dir / "baselines.yaml").write_text(json.dumps({"tasks": ["classification"]}))
+  (config_dir / "transfer.yaml").write_text(json.dumps(
+      {"tasks": ["surface_normals"], "student": TINY_STUDENT}))
 
   first = demo.run(str(config_dir), str(output_dir))
   assert first["world"]["status"] == "ran" and first["teachers"]["status"] == "ran"
@@ -43,16 +46,23 @@ def test_runs_then_skips_then_reruns_on_config_change(tmp_path):
   assert counts["balanced"] and counts["examples_out"] > 0
   student = json.loads((output_dir / "student.done.json").read_text())["metrics"]
   assert 0.0 <= student["classification"]["top1"] <= 1.0
+  baselines = json.loads((output_dir / "baselines.done.json").read_text())["metrics"]
+  assert set(baselines) == {"classification"}
+  transfer = json.loads((output_dir / "transfer.done.json").read_text())["metrics"]
+  # The tiny teacher has the tiny student's backbone, so it is an initialization too.
+  assert set(transfer) == {"scratch", "classification teacher", "MuST student"}
+  assert 0 <= transfer["MuST student"]["surface_normals"]["within_11.25"] <= 1
   report = (output_dir / "report" / "report.md").read_text()
   assert "| classification | top1 |" in report
+  assert "| MuST student |" in report and "surface_normals within_11.25" in report
   for artifact in ("metrics.png", "pseudo_labels/contact_sheet.png"):
     assert (output_dir / "report" / artifact).stat().st_size > 1000
 
   again = demo.run(str(config_dir), str(output_dir))
   assert all(r["status"].startswith(("skipped", "missing")) for r in again.values()), again
 
-  with open(config_dir / "pseudo_label.yaml", "a") as f:
-    f.write("batch_size: 8\n")
+  (config_dir / "baselines.yaml").write_text(json.dumps({"tasks": ["classification"]}))
+  (config_dir / "transfer.yaml").write_text(json.dumps({"tasks": []}))
   changed = demo.run(str(config_dir), str(output_dir))
-  assert changed["teachers"]["status"].startswith("skipped")  # upstream of the change
-  assert [changed[s]["status"] for s in ("pseudo_label", "student", "report")] == ["ran"] * 3
+  assert changed["student"]["status"].startswith("skipped")  # upstream of the change
+  assert [changed[s]["status"] for s in ("transfer", "report")] == ["ran"] * 2
