@@ -103,20 +103,25 @@ def export_student(model_dir: str, export_dir: str, *, checkpoint_path: str | No
   return metadata
 
 
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "The trained student's model dir.")
-_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Where to write the export.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint_path", None, "Default: latest in --model_dir.")
-_VERSION = flags.DEFINE_string("version", None, "Version; default step<N>.")
-_WORLD_DIR = flags.DEFINE_string("world_dir", None, "Takes class names from its world.json.")
-
-
 def main(argv):
   del argv
-  print(json.dumps(export_student(_MODEL_DIR.value, _EXPORT_DIR.value,
-                                  checkpoint_path=_CHECKPOINT.value, version=_VERSION.value,
-                                  world_dir=_WORLD_DIR.value), indent=2))
+  values = flags.FLAGS
+  print(json.dumps(export_student(values.model_dir, values.export_dir,
+                                  checkpoint_path=values.checkpoint_path,
+                                  version=values.version, world_dir=values.world_dir),
+                   indent=2))
+
+
+def define_flags() -> None:
+  """The binary's flags (defined only when run, so the module imports anywhere)."""
+  flags.DEFINE_string("model_dir", None, "The trained student's model dir.")
+  flags.DEFINE_string("export_dir", None, "Where to write the export.")
+  flags.DEFINE_string("checkpoint_path", None, "Default: latest in --model_dir.")
+  flags.DEFINE_string("version", None, "Version; default step<N>.")
+  flags.DEFINE_string("world_dir", None, "Takes class names from its world.json.")
+  flags.mark_flags_as_required(["model_dir", "export_dir"])
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["model_dir", "export_dir"])
+  define_flags()
   app.run(main)
