@@ -63,13 +63,15 @@ def _float32(tree):
   return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), tree)
 
 
-def _per_replica(tree) -> list:
-  """A structure whose leaves are per-replica tuples -> one structure per replica."""
-  leaves = tf.nest.flatten(tree)
-  if not leaves or not isinstance(leaves[0], (tuple, list)):
-    return [tree]
-  return [tf.nest.pack_sequence_as(tree, [leaf[r] for leaf in leaves])
-          for r in range(len(leaves[0]))]
+def _per_replica(outputs: Mapping[str, Any]) -> list[dict]:
+  """{key: value or per-replica tuple of values} -> one {key: value} per replica.
+
+  Model Garden's eval loop hands `aggregate_logs` each value as a tuple with
+  one entry per local replica; called directly, values are plain tensors.
+  """
+  values = {key: list(v) if isinstance(v, (tuple, list)) else [v] for key, v in outputs.items()}
+  replicas = len(next(iter(values.values())))
+  return [{key: np.asarray(v[r]) for key, v in values.items()} for r in range(replicas)]
 
 
 @task_factory.register_task_cls(student_config.StudentTaskConfig)
@@ -221,15 +223,12 @@ class StudentTask(base_task.Task):
       schema = schema_lib.Schema({head.task: student_config.schema_params(head)
                                   for head in self.task_config.model.heads})
       state = {task: schema.tasks[task].metric() for task in self.heads}
-    for served, labels in zip(_per_replica(step_outputs["served"]),
-                              _per_replica(step_outputs["labels"])):
-      for task, head in self.heads.items():
-        task_outputs = tf.nest.map_structure(np.asarray, served[task])
-        task_labels = tf.nest.map_structure(np.asarray, labels[task])
-        for i in range(len(task_labels["present"])):
-          if task_labels["present"][i]:
-            label = head.metric_label({k: v[i] for k, v in task_labels.items()}, self.input_size)
-            state[task].update(label, {k: v[i] for k, v in task_outputs.items()})
+    for task, head in self.heads.items():
+      for outputs, labels in zip(_per_replica(step_outputs["served"][task]),
+                                 _per_replica(step_outputs["labels"][task])):
+        for i in np.flatnonzero(labels["present"]):
+          label = head.metric_label({k: v[i] for k, v in labels.items()}, self.input_size)
+          state[task].update(label, {k: v[i] for k, v in outputs.items()})
     return state
 
   def reduce_aggregated_logs(self, aggregated_logs, global_step=None):

@@ -256,11 +256,11 @@ def test_mirrored_two_devices_give_the_one_device_loss(tiny_world):
   assert losses["two"] == pytest.approx(losses["one"], rel=1e-4)
 
 
-def _train_command(model_dir, tiny_world, strategy: str = "", **trainer):
+def _train_command(model_dir, tiny_world, strategy: str = "", mode: str = "train", **trainer):
   params = tiny_params(tiny_world, **trainer)
   params.runtime.distribution_strategy = strategy or params.runtime.distribution_strategy
   override = params.as_dict()
-  return [sys.executable, "-m", "must.train", "--experiment=must_student", "--mode=train",
+  return [sys.executable, "-m", "must.train", "--experiment=must_student", f"--mode={mode}",
           f"--model_dir={model_dir}", f"--params_override={json.dumps(override)}"]
 
 
@@ -314,11 +314,14 @@ def test_killed_run_resumes_at_its_last_checkpoint(tiny_world, tmp_path):
 
 @pytest.fixture(scope="module")
 def exported_student(tiny_world, tmp_path_factory):
-  """A student trained for 2 steps with the real binary, then exported."""
+  """A student trained for 2 steps and evaluated with the real binary, then exported."""
   root = tmp_path_factory.mktemp("student")
-  result = subprocess.run(_train_command(root / "model", tiny_world), cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(_train_command(root / "model", tiny_world, mode="train_and_eval"),
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
+  # Model Garden's eval loop scored every task with its registry metric.
+  for metric in ("classification/top1", "detection/AP", "segmentation/miou", "depth/delta_1.25"):
+    assert f"'{metric}'" in result.stderr + result.stdout, metric
   export.export_student(str(root / "model"), str(root / "export"), world_dir=tiny_world)
   return str(root / "export")
 
