@@ -90,8 +90,8 @@ class Exporter(abc.ABC):
 
   def json_line(self, image_id: str, label: Any, names: Sequence[str],
                 top_k: int) -> dict[str, Any]:
-    """One JSON-lines record of the image."""
-    raise NotImplementedError(f"{self.task} writes no JSON lines")
+    """One JSON-lines record of the image (only called when `writes_json_lines`)."""
+    raise ValueError(f"{self.task} has no JSON-lines export (writes_json_lines is False)")
 
   def coco_annotations(self, label: Any, image_size: tuple[int, int]) -> list[dict[str, Any]]:
     """COCO annotations (without ids) of one image."""
