@@ -10,9 +10,7 @@ of the student's; depth is weighed on its own (1). `resolve_loss_weights` fills
 in every weight left unset from the teachers' `teacher.json`.
 """
 import dataclasses
-import json
 import logging
-import os
 from typing import List, Optional, Sequence, Union
 
 from must import configs
@@ -112,16 +110,9 @@ def check_heads(model: StudentModel) -> None:
 
 
 def _teacher_metadata(teacher_dirs: Sequence[str]) -> dict[str, dict]:
-  by_task = {}
-  for path in teacher_dirs:
-    metadata_path = os.path.join(path, serving.METADATA_FILE)
-    try:
-      with open(metadata_path) as f:
-        metadata = json.load(f)
-    except (OSError, ValueError) as e:
-      raise FileNotFoundError(f"task.teachers: cannot read {metadata_path}: {e}") from None
-    by_task[metadata["task"]] = metadata
-  return by_task
+  """Task -> the `teacher.json` of the teacher among `teacher_dirs` that teaches it."""
+  return {metadata["task"]: metadata
+          for metadata in (serving.read_metadata(path) for path in teacher_dirs)}
 
 
 def resolve_loss_weights(params: cfg.ExperimentConfig) -> dict[str, float]:
