@@ -81,6 +81,8 @@ class StudentTask(base_task.Task):
   def __init__(self, params, logging_dir: Optional[str] = None, name: Optional[str] = None):
     super().__init__(params, logging_dir=logging_dir, name=name)
     self.heads = student_config.build_heads(params.model)
+    self.schema = schema_lib.Schema({head.task: student_config.schema_params(head)
+                                     for head in params.model.heads})
     self.loss_weights = {head.task: 1.0 if head.loss_weight is None else head.loss_weight
                          for head in params.model.heads}
 
@@ -132,14 +134,12 @@ class StudentTask(base_task.Task):
                    input_context: Optional[tf.distribute.InputContext] = None
                    ) -> tf.data.Dataset:
     """Batches of (images [B, H, W, 3], {task: targets})."""
-    schema = schema_lib.Schema({head.task: student_config.schema_params(head)
-                                for head in self.task_config.model.heads})
     parser = Parser(self.heads, self.input_size, aug_rand_hflip=params.aug_rand_hflip,
                     dtype=params.dtype)
     reader = input_reader_factory.input_reader_generator(
         params,
         dataset_fn=dataset_fn_lib.pick_dataset_fn(params.file_type),
-        decoder_fn=schema.decode,
+        decoder_fn=self.schema.decode,
         parser_fn=parser.parse_fn(params.is_training))
     return reader.read(input_context=input_context)
 
@@ -220,9 +220,7 @@ class StudentTask(base_task.Task):
   def aggregate_logs(self, state=None, step_outputs=None):
     """Feeds every labeled eval image to its task's registry metric."""
     if state is None:
-      schema = schema_lib.Schema({head.task: student_config.schema_params(head)
-                                  for head in self.task_config.model.heads})
-      state = {task: schema.tasks[task].metric() for task in self.heads}
+      state = {task: self.schema.tasks[task].metric() for task in self.heads}
     for task, head in self.heads.items():
       for outputs, labels in zip(_per_replica(step_outputs["served"][task]),
                                  _per_replica(step_outputs["labels"][task])):
