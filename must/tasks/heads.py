@@ -67,7 +67,8 @@ class HeadConfig(hyperparams.Config):
       default_factory=lambda: retinanet_cfg.Anchor(num_scales=3, aspect_ratios=[0.5, 1.0, 2.0],
                                                    anchor_size=2.0))
   detection_generator: retinanet_cfg.DetectionGenerator = dataclasses.field(
-      default_factory=lambda: retinanet_cfg.DetectionGenerator(max_num_detections=50))
+      default_factory=lambda: retinanet_cfg.DetectionGenerator(
+          max_num_detections=50, nms_version="batched"))
 
 
 @dataclasses.dataclass
