@@ -140,3 +140,16 @@ def initial_learning_rate(trainer_config: cfg.TrainerConfig) -> float:
   if schedule.type == "stepwise":
     return float(config.values[0])
   raise ValueError(f"cannot read the initial learning rate of schedule {schedule.type!r}")
+
+
+def image_size_override(params: cfg.ExperimentConfig, height: int, width: int) -> dict:
+  """Overrides that make an experiment train and evaluate at height x width.
+
+  Sets `task.model.input_size`, and the data configs' `output_size` where the
+  experiment's data configs have one (segmentation, depth).
+  """
+  task = {"model": {"input_size": [height, width, 3]}}
+  for data in ("train_data", "validation_data"):
+    if hasattr(getattr(params.task, data), "output_size"):
+      task[data] = {"output_size": [height, width]}
+  return {"task": task}

@@ -1,11 +1,18 @@
 """The main job: MuST end to end on the embedded default.
 
-  python -m must.demo [--output_dir out/demo] [--force]
+  python -m must.demo [--config_dir configs/demo] [--output_dir out/demo] [--jobs 2] [--force]
 
-Runs each stage with its config from `configs/demo/`, skipping a stage whose
-output is complete and whose config is unchanged since it last ran. Stages that
-the project does not have yet are listed as missing, not faked.
+Stages, in order: world, teachers, pseudo_label, student, baselines, transfer,
+report. Each runs the project's binaries as a user would, with its config from
+`--config_dir`: `configs/demo/` is the default setting (about 15 minutes on a
+2-core CPU), `configs/demo_full/` the larger one. Every model trains and
+serves at the world's image size. Independent training runs (the teachers, the
+baselines, the transfer runs) go `--jobs` at a time, each output line prefixed
+with the run's name. A stage whose output is complete and whose config (and
+every upstream stage's) is unchanged is skipped; `--force` redoes it.
 """
+import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,28 +28,66 @@ from absl import flags
 
 from must import configs
 from must import report
+from must import training
+from must.student import config as student_config
 from must.world import writer as world_writer
+from official.core import exp_factory
 from official.modeling import hyperparams
+import teachers  # noqa: F401  (registers the teacher experiments)
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "out/demo", "Where every stage writes.")
-_CONFIG_DIR = flags.DEFINE_string("config_dir", "configs/demo", "The stages' configs.")
+_CONFIG_DIR = flags.DEFINE_string(
+    "config_dir", "configs/demo",
+    "The stages' configs: configs/demo (default setting) or configs/demo_full (larger).")
+_JOBS = flags.DEFINE_integer("jobs", 2, "How many independent training runs go at once.")
 _FORCE = flags.DEFINE_bool("force", False, "Redo stages even when their output is complete.")
 
 _DONE_FILE = ".done.json"  # <output_dir>/<stage>.done.json: digest, timing, summary
 
 
-def _run_world(config_dir: str, output_dir: str) -> dict:
-  config = configs.load(world_writer.WorldConfig(), os.path.join(config_dir, "world.yaml"))
-  metadata = world_writer.write_world(config, os.path.join(output_dir, "world"))
-  return {"config": config.as_dict(), "scenes": metadata["scenes"],
-          "scenes_per_second": metadata["scenes_per_second"]}
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """Where a stage reads its config and writes, and how many runs go at once."""
+  config_dir: str
+  output_dir: str
+  jobs: int = 1
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.output_dir, *parts)
+
+  def config(self, name: str) -> dict:
+    with open(os.path.join(self.config_dir, name)) as f:
+      return yaml.safe_load(f) or {}
+
+  def summary(self, stage: str) -> dict:
+    """What an earlier stage recorded in its done file."""
+    with open(self.path(f"{stage}{_DONE_FILE}")) as f:
+      return json.load(f)
+
+  def world(self) -> dict:
+    return world_writer.load_metadata(self.path("world"))
 
 
-def _binary(module: str, *args: str) -> None:
-  """Runs one of the project's binaries as a user would, its output shown."""
-  command = [sys.executable, "-m", module, *args]
-  print("$ " + " ".join(command), flush=True)
-  subprocess.run(command, check=True)
+def run_binaries(runs: dict[str, list[str]], jobs: int = 1) -> None:
+  """Runs project binaries (run name -> module and flags), `jobs` at a time.
+
+  Every line a binary prints is shown prefixed with its run name. A failing run
+  lets the others finish, then stops the stage naming it and its exit status.
+  """
+  def run_one(name: str, args: list[str]) -> int:
+    command = [sys.executable, "-m", *args]
+    print(f"[{name}] $ {' '.join(command)}", flush=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, bufsize=1)
+    for line in process.stdout:
+      print(f"[{name}] {line}", end="", flush=True)
+    return process.wait()
+
+  with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+    codes = dict(zip(runs, pool.map(run_one, runs, runs.values())))
+  failed = [f"{name} (exit {code})" for name, code in codes.items() if code]
+  if failed:
+    raise RuntimeError(f"failed: {', '.join(failed)}; the output above says why")
 
 
 def _merged(base: dict, override: dict) -> dict:
@@ -54,49 +99,63 @@ def _merged(base: dict, override: dict) -> dict:
   return merged
 
 
-def _run_teachers(config_dir: str, output_dir: str) -> dict:
-  """Trains, exports and evaluates each teacher named in teachers.yaml."""
-  with open(os.path.join(config_dir, "teachers.yaml")) as f:
-    overrides = yaml.safe_load(f) or {}
-  world_dir = os.path.join(output_dir, "world")
-  world = world_writer.load_metadata(world_dir)
-  export_dirs = []
-  for task, override in overrides.items():
-    model_dir = os.path.join(output_dir, "teachers", task)
-    params = _merged(
-        {"task": {"train_data": {"input_path": world["splits"][task]["pattern"]},
-                  "validation_data": {"input_path": world["splits"]["eval"]["pattern"]}}},
-        override or {})
-    _binary("teachers.train", f"--experiment=must_{task}_teacher", "--mode=train",
-            f"--model_dir={model_dir}", f"--params_override={json.dumps(params)}")
-    export_dirs.append(os.path.join(model_dir, "export"))
-    _binary("teachers.export", f"--model_dir={model_dir}", f"--export_dir={export_dirs[-1]}",
-            f"--world_dir={world_dir}")
-  _binary("teachers.evaluate", f"--world_dir={world_dir}",
-          f"--teacher_dirs={','.join(export_dirs)}")
+def _params_override(ctx: Context, experiment: str, *overrides: dict) -> str:
+  """--params_override for `experiment` at the world's image size, then `overrides`."""
+  params = configs.image_size_override(exp_factory.get_exp_config(experiment),
+                                       *ctx.world()["image_size"])
+  for override in overrides:
+    params = _merged(params, override or {})
+  return f"--params_override={json.dumps(params)}"
+
+
+def _evaluate(ctx: Context, export_dirs: dict[str, str], split: str = "eval") -> dict:
+  """teachers.evaluate on every export at once -> {name: {task: metrics}}."""
+  run_binaries({"evaluate": ["teachers.evaluate", f"--world_dir={ctx.path('world')}",
+                             f"--teacher_dirs={','.join(export_dirs.values())}",
+                             f"--split={split}"]})
   metrics = {}
-  for path in export_dirs:
+  for name, path in export_dirs.items():
     with open(os.path.join(path, "eval_metrics.json")) as f:
-      metrics.update(json.load(f)["metrics"])
-  return {"metrics": metrics, "exports": dict(zip(overrides, export_dirs))}
+      metrics[name] = json.load(f)["metrics"]
+  return metrics
 
 
-def _stage_summary(output_dir: str, stage: str) -> dict:
-  with open(os.path.join(output_dir, f"{stage}{_DONE_FILE}")) as f:
-    return json.load(f)
+def _run_world(ctx: Context) -> dict:
+  config = configs.load(world_writer.WorldConfig(), os.path.join(ctx.config_dir, "world.yaml"))
+  metadata = world_writer.write_world(config, ctx.path("world"))
+  return {"config": config.as_dict(), "scenes": metadata["scenes"],
+          "scenes_per_second": metadata["scenes_per_second"]}
 
 
-def _read_yaml(config_dir: str, name: str) -> dict:
-  with open(os.path.join(config_dir, name)) as f:
-    return yaml.safe_load(f) or {}
+def _run_teachers(ctx: Context) -> dict:
+  """Trains, exports and evaluates each teacher named in teachers.yaml."""
+  world = ctx.world()
+  trains, exports, export_dirs = {}, {}, {}
+  for task, override in ctx.config("teachers.yaml").items():
+    experiment = f"must_{task}_teacher"
+    model_dir = ctx.path("teachers", task)
+    export_dirs[task] = os.path.join(model_dir, "export")
+    data = {"task": {"train_data": {"input_path": world["splits"][task]["pattern"]},
+                     "validation_data": {"input_path": world["splits"]["eval"]["pattern"]}}}
+    trains[f"{task} teacher"] = [
+        "teachers.train", f"--experiment={experiment}", "--mode=train",
+        f"--model_dir={model_dir}", _params_override(ctx, experiment, data, override)]
+    exports[f"{task} teacher"] = [
+        "teachers.export", f"--model_dir={model_dir}", f"--export_dir={export_dirs[task]}",
+        f"--world_dir={ctx.path('world')}"]
+  run_binaries(trains, ctx.jobs)
+  run_binaries(exports, ctx.jobs)
+  metrics = {}
+  for task_metrics in _evaluate(ctx, export_dirs).values():
+    metrics.update(task_metrics)
+  return {"metrics": metrics, "exports": export_dirs}
 
 
-def _run_pseudo_label(config_dir: str, output_dir: str) -> dict:
+def _run_pseudo_label(ctx: Context) -> dict:
   """Runs the Beam pipeline with every demo teacher over the world's corpus."""
-  settings = _read_yaml(config_dir, "pseudo_label.yaml")
-  exports = _stage_summary(output_dir, "teachers")["exports"]
-  world = world_writer.load_metadata(os.path.join(output_dir, "world"))
-  stage_dir = os.path.join(output_dir, "pseudo_label")
+  settings = ctx.config("pseudo_label.yaml")
+  exports = ctx.summary("teachers")["exports"]
+  stage_dir = ctx.path("pseudo_label")
   os.makedirs(stage_dir, exist_ok=True)
   teachers_config = os.path.join(stage_dir, "teachers.yaml")
   with open(teachers_config, "w") as f:
@@ -105,58 +164,64 @@ def _run_pseudo_label(config_dir: str, output_dir: str) -> dict:
                      for task, path in exports.items()],
         "thresholds": {task: value for task, value in (settings.get("thresholds") or {}).items()
                        if task in exports}}, f)
-  _binary("beam_pipelines.pseudo_label", "--runner=DirectRunner",
-          f"--input_pattern={world['splits']['corpus']['pattern']}",
-          f"--teachers_config={teachers_config}", f"--output_dir={stage_dir}")
+  run_binaries({"pseudo_label": [
+      "beam_pipelines.pseudo_label", "--runner=DirectRunner",
+      f"--input_pattern={ctx.world()['splits']['corpus']['pattern']}",
+      f"--teachers_config={teachers_config}", f"--output_dir={stage_dir}"]})
   with open(os.path.join(stage_dir, "summary.json")) as f:
     summary = json.load(f)
   return {"counts": summary["counts"],
           "shards": os.path.join(stage_dir, "pseudo_labeled-*.tfrecord")}
 
 
-def _train_student(output_dir: str, model_dir: str, tasks: list[str], override: dict) -> dict:
-  """Trains a student with heads for `tasks` on the pseudo labels; exports and
-  evaluates it; returns its metrics per task."""
-  exports = _stage_summary(output_dir, "teachers")["exports"]
-  world_dir = os.path.join(output_dir, "world")
-  world = world_writer.load_metadata(world_dir)
+def _student_training(ctx: Context, model_dir: str, tasks: list[str], train_split: str | None,
+                      eval_split: str, mode: str, *overrides: dict) -> list[str]:
+  """must.train with one head per task; trains on the pseudo labels or a world split."""
+  world = ctx.world()
+  train_pattern = (world["splits"][train_split]["pattern"] if train_split
+                   else ctx.summary("pseudo_label")["shards"])
   heads = [{"task": task, "num_classes": world["task_params"][task].get("num_classes", 0)}
            for task in tasks]
-  params = _merged(
-      {"task": {"teachers": list(exports.values()), "model": {"heads": heads},
-                "train_data": {"input_path": _stage_summary(output_dir, "pseudo_label")["shards"]},
-                "validation_data": {"input_path": world["splits"]["eval"]["pattern"]}}},
-      override)
-  _binary("must.train", "--experiment=must_student", "--mode=train", f"--model_dir={model_dir}",
-          f"--params_override={json.dumps(params)}")
-  export_dir = os.path.join(model_dir, "export")
-  _binary("must.student.export", f"--model_dir={model_dir}", f"--export_dir={export_dir}",
-          f"--world_dir={world_dir}")
-  _binary("teachers.evaluate", f"--world_dir={world_dir}", f"--teacher_dirs={export_dir}")
-  with open(os.path.join(export_dir, "eval_metrics.json")) as f:
-    return json.load(f)["metrics"]
+  inputs = {"task": {
+      "teachers": list(ctx.summary("teachers")["exports"].values()),
+      "model": {"heads": heads}, "train_data": {"input_path": train_pattern},
+      "validation_data": {"input_path": world["splits"][eval_split]["pattern"]}}}
+  return ["must.train", f"--experiment={student_config.EXPERIMENT}", f"--mode={mode}",
+          f"--model_dir={model_dir}",
+          _params_override(ctx, student_config.EXPERIMENT, inputs, *overrides)]
 
 
-def _run_student(config_dir: str, output_dir: str) -> dict:
+def _train_on_pseudo_labels(ctx: Context, runs: dict[str, tuple[str, list[str]]]) -> dict:
+  """Trains students (name -> (model dir, tasks)) on the pseudo labels with the
+  schedule of student.yaml, exports and evaluates them -> {name: metrics}."""
+  override = ctx.config("student.yaml")
+  run_binaries({name: _student_training(ctx, model_dir, tasks, None, "eval", "train", override)
+                for name, (model_dir, tasks) in runs.items()}, ctx.jobs)
+  export_dirs = {name: os.path.join(model_dir, "export") for name, (model_dir, _) in runs.items()}
+  run_binaries({name: ["must.student.export", f"--model_dir={model_dir}",
+                       f"--export_dir={export_dirs[name]}", f"--world_dir={ctx.path('world')}"]
+                for name, (model_dir, _) in runs.items()}, ctx.jobs)
+  return _evaluate(ctx, export_dirs)
+
+
+def _run_student(ctx: Context) -> dict:
   """The MuST student: one head per teacher, trained on all pseudo labels."""
-  model_dir = os.path.join(output_dir, "student")
-  tasks = list(_stage_summary(output_dir, "teachers")["exports"])
-  metrics = _train_student(output_dir, model_dir, tasks, _read_yaml(config_dir, "student.yaml"))
+  model_dir = ctx.path("student")
+  tasks = list(ctx.summary("teachers")["exports"])
+  metrics = _train_on_pseudo_labels(ctx, {"MuST student": (model_dir, tasks)})["MuST student"]
   return {"metrics": metrics, "export": os.path.join(model_dir, "export")}
 
 
-def _run_baselines(config_dir: str, output_dir: str) -> dict:
+def _run_baselines(ctx: Context) -> dict:
   """Single-task students: the student's recipe on one task's pseudo labels only.
 
   `baselines.yaml` lists the tasks (`tasks: [...]`); the schedule is the
   student's (`student.yaml`), so each baseline sees as many steps as MuST.
   """
-  override = _read_yaml(config_dir, "student.yaml")
-  metrics = {}
-  for task in _read_yaml(config_dir, "baselines.yaml").get("tasks") or []:
-    model_dir = os.path.join(output_dir, "baselines", task)
-    metrics[task] = _train_student(output_dir, model_dir, [task], override)[task]
-  return {"metrics": metrics}
+  tasks = ctx.config("baselines.yaml").get("tasks") or []
+  metrics = _train_on_pseudo_labels(
+      ctx, {task: (ctx.path("baselines", task), [task]) for task in tasks})
+  return {"metrics": {task: metrics[task][task] for task in tasks}}
 
 
 def _saved_model_config(model_dir: str) -> dict:
@@ -165,71 +230,73 @@ def _saved_model_config(model_dir: str) -> dict:
   return hyperparams.read_yaml_to_params_dict(path).as_dict()["task"]["model"]
 
 
-def _run_transfer(config_dir: str, output_dir: str) -> dict:
+def _eval_metrics(model_dir: str) -> dict[str, dict[str, float]]:
+  """A student run's final eval logs, {'<task>/<metric>': v} -> {task: {metric: v}}."""
+  with open(os.path.join(model_dir, training.EVAL_METRICS_FILE)) as f:
+    logs = json.load(f)["metrics"]
+  metrics = {}
+  for key, value in logs.items():
+    task, _, name = key.partition("/")
+    if name:
+      metrics.setdefault(task, {})[name] = value
+  return metrics
+
+
+def _run_transfer(ctx: Context) -> dict:
   """Fine-tunes from each initialization on each downstream task, same budget.
 
   Initializations: scratch, every teacher whose backbone has the student's
   architecture (its training checkpoint), and the MuST student's exported
   backbone. Each run is the student binary with one head, trained on the
-  world's transfer split and scored on its transfer eval split.
+  world's transfer split and scored on its transfer eval split at the end.
   """
-  settings = _read_yaml(config_dir, "transfer.yaml")
-  world_dir = os.path.join(output_dir, "world")
-  world = world_writer.load_metadata(world_dir)
-  student_dir = os.path.join(output_dir, "student")
-  model = _saved_model_config(student_dir)
-  inits = {"scratch": None}
-  skipped = {}
-  for task, export_dir in _stage_summary(output_dir, "teachers")["exports"].items():
+  settings = ctx.config("transfer.yaml")
+  model = _saved_model_config(ctx.path("student"))
+  inits, skipped = {"scratch": ""}, {}
+  for task, export_dir in ctx.summary("teachers")["exports"].items():
     teacher_dir = os.path.dirname(export_dir)
     if _saved_model_config(teacher_dir)["backbone"] == model["backbone"]:
       inits[f"{task} teacher"] = teacher_dir
     else:
       skipped[f"{task} teacher"] = "its backbone differs from the student's"
-  inits["MuST student"] = os.path.join(_stage_summary(output_dir, "student")["export"],
-                                       "backbone")
-  results = {}
-  for task in settings["tasks"]:
-    head = {"task": task, "num_classes": world["task_params"][task].get("num_classes", 0)}
+  inits["MuST student"] = os.path.join(ctx.summary("student")["export"], "backbone")
+  runs, run_dirs = {}, {}
+  for task in settings.get("tasks") or []:
     for init, checkpoint in inits.items():
-      run_dir = os.path.join(output_dir, "transfer", task, init.replace(" ", "_"))
-      params = _merged({"task": {
-          "model": {"backbone": model["backbone"], "decoder": model["decoder"], "heads": [head]},
-          "init_checkpoint": checkpoint or "", "init_checkpoint_modules": "backbone",
-          "train_data": {"input_path": world["splits"]["transfer_train"]["pattern"]},
-          "validation_data": {"input_path": world["splits"]["transfer_eval"]["pattern"]}}},
-          settings.get("student") or {})
-      _binary("must.train", "--experiment=must_student", "--mode=train",
-              f"--model_dir={run_dir}", f"--params_override={json.dumps(params)}")
-      export_dir = os.path.join(run_dir, "export")
-      _binary("must.student.export", f"--model_dir={run_dir}", f"--export_dir={export_dir}")
-      _binary("teachers.evaluate", f"--world_dir={world_dir}", f"--teacher_dirs={export_dir}",
-              "--split=transfer_eval")
-      with open(os.path.join(export_dir, "eval_metrics.json")) as f:
-        results.setdefault(init, {})[task] = json.load(f)["metrics"][task]
+      name = f"{task} from {init}"
+      run_dirs[name] = ctx.path("transfer", task, init.replace(" ", "_"))
+      architecture = {"task": {
+          "model": {"backbone": model["backbone"], "decoder": model["decoder"]},
+          "init_checkpoint": checkpoint, "init_checkpoint_modules": "backbone"}}
+      runs[name] = _student_training(ctx, run_dirs[name], [task], "transfer_train",
+                                     "transfer_eval", "train_and_post_eval", architecture,
+                                     settings.get("student") or {})
+  run_binaries(runs, ctx.jobs)
+  results = {}
+  for task in settings.get("tasks") or []:
+    for init in inits:
+      results.setdefault(init, {})[task] = _eval_metrics(run_dirs[f"{task} from {init}"])[task]
   return {"metrics": results, "skipped": skipped}
 
 
-def _run_report(config_dir: str, output_dir: str) -> dict:
+def _run_report(ctx: Context) -> dict:
   """report.md: teachers vs student, a figure, a pseudo-label sheet, timings."""
-  del config_dir
-  report_dir = os.path.join(output_dir, "report")
-  _binary("beam_pipelines.inspect_labels", "--runner=DirectRunner",
-          f"--input_pattern={_stage_summary(output_dir, 'pseudo_label')['shards']}",
-          f"--output_dir={os.path.join(report_dir, 'pseudo_labels')}", "--num_images=8")
-  timings = {stage: _stage_summary(output_dir, stage).get("seconds")
-             for stage, runner in STAGES if runner is not None and stage != "report"}
-  transfer = _stage_summary(output_dir, "transfer")
-  text = report.write(report_dir, _stage_summary(output_dir, "teachers")["metrics"],
-                      _stage_summary(output_dir, "student")["metrics"], timings,
-                      baselines=_stage_summary(output_dir, "baselines")["metrics"],
+  report_dir = ctx.path("report")
+  run_binaries({"inspect_labels": [
+      "beam_pipelines.inspect_labels", "--runner=DirectRunner",
+      f"--input_pattern={ctx.summary('pseudo_label')['shards']}",
+      f"--output_dir={os.path.join(report_dir, 'pseudo_labels')}", "--num_images=8"]})
+  timings = {stage: ctx.summary(stage).get("seconds") for stage, _ in STAGES[:-1]}
+  transfer = ctx.summary("transfer")
+  text = report.write(report_dir, ctx.summary("teachers")["metrics"],
+                      ctx.summary("student")["metrics"], timings,
+                      baselines=ctx.summary("baselines")["metrics"],
                       transfer=transfer["metrics"], transfer_skipped=transfer["skipped"])
   print(text)
   return {"report": os.path.join(report_dir, report.REPORT_FILE)}
 
 
-# (name, runner or None when the project does not have the stage yet)
-STAGES: list[tuple[str, Callable[[str, str], dict] | None]] = [
+STAGES: list[tuple[str, Callable[[Context], dict]]] = [
     ("world", _run_world),
     ("teachers", _run_teachers),
     ("pseudo_label", _run_pseudo_label),
@@ -250,15 +317,14 @@ def _config_digest(config_dir: str, stage: str, upstream: str) -> str:
   return digest.hexdigest()
 
 
-def run(config_dir: str, output_dir: str, force: bool = False) -> dict[str, dict]:
+def run(config_dir: str, output_dir: str, force: bool = False, jobs: int = 1) -> dict[str, dict]:
   """Runs the stages in order; returns per-stage status and timing."""
+  ctx = Context(config_dir, output_dir, jobs)
+  os.makedirs(output_dir, exist_ok=True)
   results = {}
   digest = ""
   for stage, runner in STAGES:
-    done_file = os.path.join(output_dir, f"{stage}{_DONE_FILE}")
-    if runner is None:
-      results[stage] = {"status": "missing (not built yet)"}
-      continue
+    done_file = ctx.path(f"{stage}{_DONE_FILE}")
     digest = _config_digest(config_dir, stage, digest)
     if not force and os.path.exists(done_file):
       with open(done_file) as f:
@@ -267,7 +333,7 @@ def run(config_dir: str, output_dir: str, force: bool = False) -> dict[str, dict
           continue
     print(f"== stage {stage} ==", flush=True)
     start = time.perf_counter()
-    summary = runner(config_dir, output_dir)
+    summary = runner(ctx)
     seconds = round(time.perf_counter() - start, 1)
     with open(done_file, "w") as f:
       json.dump({"config_digest": digest, "seconds": seconds, **summary}, f, indent=2)
@@ -277,14 +343,13 @@ def run(config_dir: str, output_dir: str, force: bool = False) -> dict[str, dict
 
 def main(argv):
   del argv
-  results = run(_CONFIG_DIR.value, _OUTPUT_DIR.value, _FORCE.value)
+  start = time.perf_counter()
+  results = run(_CONFIG_DIR.value, _OUTPUT_DIR.value, _FORCE.value, _JOBS.value)
   print(f"\n{'stage':<14}{'status':<40}{'seconds':>8}")
   for stage, result in results.items():
     print(f"{stage:<14}{result['status']:<40}{result.get('seconds', ''):>8}")
-  missing = [s for s, r in results.items() if r["status"].startswith("missing")]
-  if missing:
-    print(f"\nStages this project does not have yet: {', '.join(missing)}.")
-  print(f"Outputs under {_OUTPUT_DIR.value}/")
+  print(f"{'total':<54}{time.perf_counter() - start:>8.1f}")
+  print(f"Report: {os.path.join(_OUTPUT_DIR.value, 'report', report.REPORT_FILE)}")
 
 
 if __name__ == "__main__":

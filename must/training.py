@@ -5,12 +5,16 @@ parse Model Garden's flags (`--experiment`, `--config_file`,
 `--params_override`, `--mode`, `--model_dir`, `--tpu`), save the final config
 as `params.yaml`, build the strategy from the runtime config and hand over to
 `train_lib.run_experiment`, which restores the latest checkpoint in the model
-dir, so a restarted run resumes. `train_step` is the optimizer step of the
+dir, so a restarted run resumes. `--mode=train_and_post_eval` (train, then
+evaluate once) leaves the final eval logs in `<model_dir>/eval_metrics.json`. `train_step` is the optimizer step of the
 project's own Model Garden tasks (the student, the depth teacher).
 """
+import json
+import os
 from typing import Sequence
 
 from absl import app
+import numpy as np
 import tensorflow as tf
 
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
@@ -76,8 +80,16 @@ def parse_params(flags_obj, experiments: Sequence[str], resolve=None):
   return params
 
 
+EVAL_METRICS_FILE = "eval_metrics.json"
+
+
 def run(params, model_dir: str, mode: str = "train_and_eval"):
-  """Trains/evaluates `params` in `model_dir`; returns (model, eval logs)."""
+  """Trains/evaluates `params` in `model_dir`; returns (model, eval logs).
+
+  When Model Garden returns eval logs (`train_and_post_eval`), their scalars are
+  also written to `<model_dir>/eval_metrics.json` as
+  {"checkpoint": path, "metrics": {name: value}}.
+  """
   # The strategy first: multi-worker collectives must be set up before any op runs.
   strategy = distribute_utils.get_distribution_strategy(
       distribution_strategy=params.runtime.distribution_strategy,
@@ -94,8 +106,19 @@ def run(params, model_dir: str, mode: str = "train_and_eval"):
     performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
   with strategy.scope():
     task = task_factory.get_task(params.task, logging_dir=model_dir)
-  return train_lib.run_experiment(distribution_strategy=strategy, task=task, mode=mode,
-                                  params=params, model_dir=model_dir)
+  model, logs = train_lib.run_experiment(distribution_strategy=strategy, task=task, mode=mode,
+                                         params=params, model_dir=model_dir)
+  if logs:
+    write_eval_metrics(model_dir, logs, tf.train.latest_checkpoint(model_dir))
+  return model, logs
+
+
+def write_eval_metrics(model_dir: str, logs: dict, checkpoint: str | None) -> None:
+  """The scalar entries of Model Garden eval logs, as JSON, in the model dir."""
+  metrics = {name: float(np.asarray(value)) for name, value in logs.items()
+             if np.asarray(value).size == 1}
+  with tf.io.gfile.GFile(os.path.join(model_dir, EVAL_METRICS_FILE), "w") as f:
+    json.dump({"checkpoint": checkpoint, "metrics": metrics}, f, indent=2, sort_keys=True)
 
 
 def check_input(input_path, key: str) -> None:
