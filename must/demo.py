@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ _JOBS = flags.DEFINE_integer("jobs", 2, "How many independent training runs go a
 _FORCE = flags.DEFINE_bool("force", False, "Redo stages even when their output is complete.")
 
 _DONE_FILE = ".done.json"  # <output_dir>/<stage>.done.json: digest, timing, summary
+_COMMANDS_FILE = ".commands.sh"  # <output_dir>/<stage>.commands.sh: the binaries it ran
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +53,17 @@ class Context:
   config_dir: str
   output_dir: str
   jobs: int = 1
+  stage: str = ""
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.output_dir, *parts)
+
+  def commands_file(self, stage: str) -> str:
+    return self.path(f"{stage}{_COMMANDS_FILE}")
+
+  def run(self, runs: dict[str, list[str]], parallel: bool = False) -> None:
+    """Runs binaries (`--jobs` at a time when `parallel`), recording their commands."""
+    run_binaries(runs, self.jobs if parallel else 1, self.commands_file(self.stage))
 
   def config(self, name: str) -> dict:
     with open(os.path.join(self.config_dir, name)) as f:
@@ -68,17 +78,23 @@ class Context:
     return world_writer.load_metadata(self.path("world"))
 
 
-def run_binaries(runs: dict[str, list[str]], jobs: int = 1) -> None:
+def run_binaries(runs: dict[str, list[str]], jobs: int = 1, commands_file: str = "") -> None:
   """Runs project binaries (run name -> module and flags), `jobs` at a time.
 
   Every line a binary prints is shown prefixed with its run name. A failing run
   lets the others finish, then stops the stage naming it and its exit status.
+  Each command is appended to `commands_file` (if given) as a shell line.
   """
+  if commands_file:
+    with open(commands_file, "a") as f:
+      f.writelines(f"python -m {shlex.join(args)}  # {name}\n" for name, args in runs.items())
+
   def run_one(name: str, args: list[str]) -> int:
     command = [sys.executable, "-m", *args]
-    print(f"[{name}] $ {' '.join(command)}", flush=True)
+    print(f"[{name}] $ {shlex.join(command)}", flush=True)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, bufsize=1)
+                               text=True, bufsize=1,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})  # live progress
     for line in process.stdout:
       print(f"[{name}] {line}", end="", flush=True)
     return process.wait()
@@ -108,11 +124,10 @@ def _params_override(ctx: Context, experiment: str, *overrides: dict) -> str:
   return f"--params_override={json.dumps(params)}"
 
 
-def _evaluate(ctx: Context, export_dirs: dict[str, str], split: str = "eval") -> dict:
+def _evaluate(ctx: Context, export_dirs: dict[str, str]) -> dict:
   """teachers.evaluate on every export at once -> {name: {task: metrics}}."""
-  run_binaries({"evaluate": ["teachers.evaluate", f"--world_dir={ctx.path('world')}",
-                             f"--teacher_dirs={','.join(export_dirs.values())}",
-                             f"--split={split}"]})
+  ctx.run({"evaluate": ["teachers.evaluate", f"--world_dir={ctx.path('world')}",
+                        f"--teacher_dirs={','.join(export_dirs.values())}"]})
   metrics = {}
   for name, path in export_dirs.items():
     with open(os.path.join(path, "eval_metrics.json")) as f:
@@ -121,10 +136,11 @@ def _evaluate(ctx: Context, export_dirs: dict[str, str], split: str = "eval") ->
 
 
 def _run_world(ctx: Context) -> dict:
-  config = configs.load(world_writer.WorldConfig(), os.path.join(ctx.config_dir, "world.yaml"))
-  metadata = world_writer.write_world(config, ctx.path("world"))
-  return {"config": config.as_dict(), "scenes": metadata["scenes"],
-          "scenes_per_second": metadata["scenes_per_second"]}
+  ctx.run({"world": ["must.world.generate", f"--config_file={ctx.config_dir}/world.yaml",
+                     f"--output_dir={ctx.path('world')}"]})
+  world = ctx.world()
+  return {"config": world["config"], "scenes": world["scenes"],
+          "scenes_per_second": world["scenes_per_second"]}
 
 
 def _run_teachers(ctx: Context) -> dict:
@@ -143,8 +159,8 @@ def _run_teachers(ctx: Context) -> dict:
     exports[f"{task} teacher"] = [
         "teachers.export", f"--model_dir={model_dir}", f"--export_dir={export_dirs[task]}",
         f"--world_dir={ctx.path('world')}"]
-  run_binaries(trains, ctx.jobs)
-  run_binaries(exports, ctx.jobs)
+  ctx.run(trains, parallel=True)
+  ctx.run(exports, parallel=True)
   metrics = {}
   for task_metrics in _evaluate(ctx, export_dirs).values():
     metrics.update(task_metrics)
@@ -164,7 +180,7 @@ def _run_pseudo_label(ctx: Context) -> dict:
                      for task, path in exports.items()],
         "thresholds": {task: value for task, value in (settings.get("thresholds") or {}).items()
                        if task in exports}}, f)
-  run_binaries({"pseudo_label": [
+  ctx.run({"pseudo_label": [
       "beam_pipelines.pseudo_label", "--runner=DirectRunner",
       f"--input_pattern={ctx.world()['splits']['corpus']['pattern']}",
       f"--teachers_config={teachers_config}", f"--output_dir={stage_dir}"]})
@@ -193,23 +209,25 @@ def _student_training(ctx: Context, model_dir: str, tasks: list[str], train_spli
 
 def _train_on_pseudo_labels(ctx: Context, runs: dict[str, tuple[str, list[str]]]) -> dict:
   """Trains students (name -> (model dir, tasks)) on the pseudo labels with the
-  schedule of student.yaml, exports and evaluates them -> {name: metrics}."""
+  schedule of student.yaml, each scored at the end on the held-out eval split
+  by its tasks' metrics (the ones teachers.evaluate uses) -> {name: metrics}."""
   override = ctx.config("student.yaml")
-  run_binaries({name: _student_training(ctx, model_dir, tasks, None, "eval", "train", override)
-                for name, (model_dir, tasks) in runs.items()}, ctx.jobs)
-  export_dirs = {name: os.path.join(model_dir, "export") for name, (model_dir, _) in runs.items()}
-  run_binaries({name: ["must.student.export", f"--model_dir={model_dir}",
-                       f"--export_dir={export_dirs[name]}", f"--world_dir={ctx.path('world')}"]
-                for name, (model_dir, _) in runs.items()}, ctx.jobs)
-  return _evaluate(ctx, export_dirs)
+  ctx.run({name: _student_training(ctx, model_dir, tasks, None, "eval", "train_and_post_eval",
+                                   override)
+           for name, (model_dir, tasks) in runs.items()}, parallel=True)
+  return {name: _eval_metrics(model_dir) for name, (model_dir, _) in runs.items()}
 
 
 def _run_student(ctx: Context) -> dict:
-  """The MuST student: one head per teacher, trained on all pseudo labels."""
+  """The MuST student: one head per teacher, trained on all pseudo labels, then
+  exported (one SavedModel serving every task, plus its backbone)."""
   model_dir = ctx.path("student")
+  export_dir = os.path.join(model_dir, "export")
   tasks = list(ctx.summary("teachers")["exports"])
   metrics = _train_on_pseudo_labels(ctx, {"MuST student": (model_dir, tasks)})["MuST student"]
-  return {"metrics": metrics, "export": os.path.join(model_dir, "export")}
+  ctx.run({"MuST student": ["must.student.export", f"--model_dir={model_dir}",
+                            f"--export_dir={export_dir}", f"--world_dir={ctx.path('world')}"]})
+  return {"metrics": metrics, "export": export_dir}
 
 
 def _run_baselines(ctx: Context) -> dict:
@@ -271,7 +289,7 @@ def _run_transfer(ctx: Context) -> dict:
       runs[name] = _student_training(ctx, run_dirs[name], [task], "transfer_train",
                                      "transfer_eval", "train_and_post_eval", architecture,
                                      settings.get("student") or {})
-  run_binaries(runs, ctx.jobs)
+  ctx.run(runs, parallel=True)
   results = {}
   for task in settings.get("tasks") or []:
     for init in inits:
@@ -282,16 +300,24 @@ def _run_transfer(ctx: Context) -> dict:
 def _run_report(ctx: Context) -> dict:
   """report.md: teachers vs student, a figure, a pseudo-label sheet, timings."""
   report_dir = ctx.path("report")
-  run_binaries({"inspect_labels": [
+  ctx.run({"inspect_labels": [
       "beam_pipelines.inspect_labels", "--runner=DirectRunner",
       f"--input_pattern={ctx.summary('pseudo_label')['shards']}",
       f"--output_dir={os.path.join(report_dir, 'pseudo_labels')}", "--num_images=8"]})
   timings = {stage: ctx.summary(stage).get("seconds") for stage, _ in STAGES[:-1]}
+  with open(os.path.join(report_dir, report.COMMANDS_FILE), "w") as f:
+    f.write(f"# Every binary the demo ran, stage by stage (from {ctx.output_dir}).\n")
+    for stage, _ in STAGES:
+      if os.path.exists(ctx.commands_file(stage)):
+        with open(ctx.commands_file(stage)) as stage_commands:
+          f.write(f"\n# {stage}\n{stage_commands.read()}")
   transfer = ctx.summary("transfer")
   text = report.write(report_dir, ctx.summary("teachers")["metrics"],
                       ctx.summary("student")["metrics"], timings,
                       baselines=ctx.summary("baselines")["metrics"],
-                      transfer=transfer["metrics"], transfer_skipped=transfer["skipped"])
+                      transfer=transfer["metrics"], transfer_skipped=transfer["skipped"],
+                      reproduce=f"python -m must.demo --config_dir={ctx.config_dir} "
+                                f"--output_dir={ctx.output_dir}")
   print(text)
   return {"report": os.path.join(report_dir, report.REPORT_FILE)}
 
@@ -319,11 +345,11 @@ def _config_digest(config_dir: str, stage: str, upstream: str) -> str:
 
 def run(config_dir: str, output_dir: str, force: bool = False, jobs: int = 1) -> dict[str, dict]:
   """Runs the stages in order; returns per-stage status and timing."""
-  ctx = Context(config_dir, output_dir, jobs)
   os.makedirs(output_dir, exist_ok=True)
   results = {}
   digest = ""
   for stage, runner in STAGES:
+    ctx = Context(config_dir, output_dir, jobs, stage)
     done_file = ctx.path(f"{stage}{_DONE_FILE}")
     digest = _config_digest(config_dir, stage, digest)
     if not force and os.path.exists(done_file):
@@ -332,6 +358,8 @@ def run(config_dir: str, output_dir: str, force: bool = False, jobs: int = 1) ->
           results[stage] = {"status": "skipped (complete, config unchanged)"}
           continue
     print(f"== stage {stage} ==", flush=True)
+    if os.path.exists(ctx.commands_file(stage)):
+      os.remove(ctx.commands_file(stage))
     start = time.perf_counter()
     summary = runner(ctx)
     seconds = round(time.perf_counter() - start, 1)

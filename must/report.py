@@ -17,6 +17,10 @@ REPORT_FILE = "report.md"
 FIGURE_FILE = "metrics.png"
 PSEUDO_LABEL_SHEET = "pseudo_labels/contact_sheet.png"
 CLAIM_RATIO = 0.9  # the student should reach this fraction of each teacher's metric
+COMMANDS_FILE = "commands.sh"
+TRANSFER_CLAIM_TASK = "surface_normals"  # no teacher taught it
+TRANSFER_CLAIM_RIVALS = ("scratch", "classification teacher")
+LOWER_IS_BETTER = ("mean_angle", "abs_rel")
 
 Metrics = Mapping[str, Mapping[str, float]]  # task -> metric name -> value
 
@@ -58,11 +62,10 @@ def transfer_table(transfer: Mapping[str, Metrics]) -> str:
   columns = sorted({(task, name) for by_task in transfer.values()
                     for task, values in by_task.items() for name in values
                     if name != "images"})
-  lower_is_better = ("mean_angle", "abs_rel")
   best = {}
   for task, name in columns:
     values = [by_task[task][name] for by_task in transfer.values() if name in by_task.get(task, {})]
-    best[task, name] = min(values) if name in lower_is_better else max(values)
+    best[task, name] = min(values) if name in LOWER_IS_BETTER else max(values)
   lines = ["| initialization | " + " | ".join(f"{t} {n}" for t, n in columns) + " |",
            "|---" * (len(columns) + 1) + "|"]
   for init, by_task in transfer.items():
@@ -75,8 +78,34 @@ def transfer_table(transfer: Mapping[str, Metrics]) -> str:
   return "\n".join(lines)
 
 
-def _figure(rows: list[dict], path: str) -> None:
-  figure, axis = plt.subplots(figsize=(1.6 + 1.4 * len(rows), 3.2))
+def transfer_claim(transfer: Mapping[str, Metrics] | None) -> str:
+  """Whether the MuST backbone transfers better than scratch and than the
+  classification teacher on surface normals (primary metric), as a sentence."""
+  metric = tasks.get(TRANSFER_CLAIM_TASK).primary_metric
+  scores = {init: by_task[TRANSFER_CLAIM_TASK][metric] for init, by_task in (transfer or {}).items()
+            if metric in by_task.get(TRANSFER_CLAIM_TASK, {})}
+  if "MuST student" not in scores:
+    return f"The MuST student was not fine-tuned on {TRANSFER_CLAIM_TASK}; the claim is untested."
+  must = scores["MuST student"]
+  verdicts = []
+  for rival in TRANSFER_CLAIM_RIVALS:
+    if rival not in scores:
+      verdicts.append(f"{rival}: not run")
+    else:
+      better = must > scores[rival]
+      verdicts.append(f"{rival} ({scores[rival]:.3f}): "
+                      f"{'holds' if better else 'does not hold'}")
+  return (f"The paper's claim that the MuST backbone transfers better, on "
+          f"{TRANSFER_CLAIM_TASK} {metric} (MuST {must:.3f}), than: " + "; ".join(verdicts) + ".")
+
+
+def _figure(rows: list[dict], transfer: Mapping[str, Metrics] | None, path: str) -> None:
+  """Left: teachers vs students per task. Right: each transfer task's primary
+  metric per initialization."""
+  transfer_tasks = sorted({task for by_task in (transfer or {}).values() for task in by_task})
+  figure, axes = plt.subplots(1, 2 if transfer_tasks else 1, squeeze=False,
+                              figsize=(1.6 + 1.4 * len(rows) + 4.5 * bool(transfer_tasks), 3.4))
+  axis = axes[0][0]
   x = range(len(rows))
   axis.bar([i - 0.2 for i in x], [r["teacher"] for r in rows], 0.4, label="teacher")
   axis.bar([i + 0.2 for i in x], [r["student"] for r in rows], 0.4, label="MuST student")
@@ -89,6 +118,20 @@ def _figure(rows: list[dict], path: str) -> None:
   axis.legend(fontsize=8)
   axis.set_title("Held-out ground truth: teachers, MuST student, single-task students",
                  fontsize=9)
+  if transfer_tasks:
+    axis = axes[0][1]
+    inits = list(transfer)
+    width = 0.8 / len(inits)
+    for i, init in enumerate(inits):
+      values = [transfer[init].get(task, {}).get(tasks.get(task).primary_metric, 0.0)
+                for task in transfer_tasks]
+      axis.bar([t + (i - (len(inits) - 1) / 2) * width for t in range(len(transfer_tasks))],
+               values, width, label=init)
+    axis.set_xticks(range(len(transfer_tasks)),
+                    [f"{t}\n{tasks.get(t).primary_metric}" for t in transfer_tasks], fontsize=8)
+    axis.set_ylim(0, 1)
+    axis.legend(fontsize=7)
+    axis.set_title("Transfer: fine-tuned from each initialization", fontsize=9)
   figure.tight_layout()
   figure.savefig(path, dpi=120)
   plt.close(figure)
@@ -97,7 +140,8 @@ def _figure(rows: list[dict], path: str) -> None:
 def write(report_dir: str, teachers: Metrics, student: Metrics,
           timings: Mapping[str, float | None], baselines: Metrics | None = None,
           transfer: Mapping[str, Metrics] | None = None,
-          transfer_skipped: Mapping[str, str] | None = None) -> str:
+          transfer_skipped: Mapping[str, str] | None = None,
+          reproduce: str = "make demo") -> str:
   """Writes report.md and metrics.png; returns the Markdown.
 
   Args:
@@ -109,10 +153,12 @@ def write(report_dir: str, teachers: Metrics, student: Metrics,
     transfer: initialization -> downstream task -> metrics, when the transfer
       study ran.
     transfer_skipped: initialization -> why it was left out.
+    reproduce: the command that reran this demo; every binary it ran is
+      listed in `commands.sh` beside the report.
   """
   os.makedirs(report_dir, exist_ok=True)
   rows = comparison_rows(teachers, student, baselines)
-  _figure(rows, os.path.join(report_dir, FIGURE_FILE))
+  _figure(rows, transfer, os.path.join(report_dir, FIGURE_FILE))
   held = [r["task"] for r in rows if r["holds"]]
   missed = [r["task"] for r in rows if not r["holds"]]
   all_metrics = "\n".join(
@@ -142,6 +188,8 @@ Every metric:
 
 {transfer_table(transfer) if transfer else 'The transfer study did not run.'}
 
+{transfer_claim(transfer) if transfer else ''}
+
 {chr(10).join(f"- {init} left out: {why}." for init, why in (transfer_skipped or {}).items())}
 
 ## Pseudo labels on corpus images
@@ -158,11 +206,11 @@ Every metric:
 ## Reproduce
 
 ```
-make demo                      # or: .venv/bin/python -m must.demo --output_dir out/demo
-make demo ARGS=--force         # redo every stage
+""" + reproduce + """
 ```
 
-Stage settings are in `configs/demo/`.
+With `--force` every stage is redone. Every binary the stages ran, with its
+exact flags, is in [`""" + COMMANDS_FILE + """`](""" + COMMANDS_FILE + """).
 """
   with open(os.path.join(report_dir, REPORT_FILE), "w") as f:
     f.write(text)

@@ -55,6 +55,10 @@ def test_runs_then_skips_then_reruns_on_config_change(tmp_path):
   report = (output_dir / "report" / "report.md").read_text()
   assert "| classification | top1 |" in report
   assert "| MuST student |" in report and "surface_normals within_11.25" in report
+  commands = (output_dir / "report" / "commands.sh").read_text()
+  for binary in ("must.world.generate", "teachers.train", "beam_pipelines.pseudo_label",
+                 "must.train", "must.student.export"):
+    assert f"python -m {binary} " in commands, binary
   for artifact in ("metrics.png", "pseudo_labels/contact_sheet.png"):
     assert (output_dir / "report" / artifact).stat().st_size > 1000
 
