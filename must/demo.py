@@ -312,12 +312,15 @@ def _run_report(ctx: Context) -> dict:
         with open(ctx.commands_file(stage)) as stage_commands:
           f.write(f"\n# {stage}\n{stage_commands.read()}")
   transfer = ctx.summary("transfer")
+  with open(ctx.path("pseudo_label", "summary.json")) as f:
+    pseudo_labels = json.load(f)["tasks"]
   text = report.write(report_dir, ctx.summary("teachers")["metrics"],
                       ctx.summary("student")["metrics"], timings,
                       baselines=ctx.summary("baselines")["metrics"],
                       transfer=transfer["metrics"], transfer_skipped=transfer["skipped"],
                       reproduce=f"python -m must.demo --config_dir={ctx.config_dir} "
-                                f"--output_dir={ctx.output_dir}")
+                                f"--output_dir={ctx.output_dir}",
+                      pseudo_labels=pseudo_labels)
   print(text)
   return {"report": os.path.join(report_dir, report.REPORT_FILE)}
 

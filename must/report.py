@@ -99,6 +99,25 @@ def transfer_claim(transfer: Mapping[str, Metrics] | None) -> str:
           f"{TRANSFER_CLAIM_TASK} {metric} (MuST {must:.3f}), than: " + "; ".join(verdicts) + ".")
 
 
+def pseudo_label_summary(task_stats: Mapping[str, Mapping]) -> str:
+  """Markdown bullets: what the teachers' pseudo labels hold, per task (from the
+  pipeline's summary.json), so that empty or one-class labels are seen."""
+  lines = []
+  for task, stats in sorted(task_stats.items()):
+    facts = [f"{stats.get('pseudo', 0)} images pseudo-labeled"]
+    if "boxes_per_image" in stats:
+      facts.append(f"{stats['boxes_per_image']:.2f} boxes per image")
+    if "ignored_pixel_fraction" in stats:
+      facts.append(f"{100 * stats['ignored_pixel_fraction']:.1f} % of pixels ignored")
+    histogram = stats.get("class_histogram") or {}
+    if histogram:
+      top_class, top_count = max(histogram.items(), key=lambda item: item[1])
+      facts.append(f"{len(histogram)} classes, the most frequent (id {top_class}) "
+                   f"{100 * top_count / sum(histogram.values()):.0f} %")
+    lines.append(f"- {task}: " + ", ".join(facts))
+  return "\n".join(lines)
+
+
 def _figure(rows: list[dict], transfer: Mapping[str, Metrics] | None, path: str) -> None:
   """Left: teachers vs students per task. Right: each transfer task's primary
   metric per initialization."""
@@ -141,7 +160,8 @@ def write(report_dir: str, teachers: Metrics, student: Metrics,
           timings: Mapping[str, float | None], baselines: Metrics | None = None,
           transfer: Mapping[str, Metrics] | None = None,
           transfer_skipped: Mapping[str, str] | None = None,
-          reproduce: str = "make demo") -> str:
+          reproduce: str = "make demo",
+          pseudo_labels: Mapping[str, Mapping] | None = None) -> str:
   """Writes report.md and metrics.png; returns the Markdown.
 
   Args:
@@ -155,6 +175,7 @@ def write(report_dir: str, teachers: Metrics, student: Metrics,
     transfer_skipped: initialization -> why it was left out.
     reproduce: the command that reran this demo; every binary it ran is
       listed in `commands.sh` beside the report.
+    pseudo_labels: per-task label statistics of the pseudo-labeling run.
   """
   os.makedirs(report_dir, exist_ok=True)
   rows = comparison_rows(teachers, student, baselines)
@@ -193,6 +214,8 @@ Every metric:
 {chr(10).join(f"- {init} left out: {why}." for init, why in (transfer_skipped or {}).items())}
 
 ## Pseudo labels on corpus images
+
+{pseudo_label_summary(pseudo_labels or {})}
 
 ![pseudo labels]({PSEUDO_LABEL_SHEET})
 

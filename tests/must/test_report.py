@@ -40,3 +40,12 @@ def test_write_makes_report_figure_and_reproduce_line(tmp_path):
   assert "python -m must.demo --config_dir=x" in text and report.COMMANDS_FILE in text
   assert "| detection | AP | **0.400** | 0.300 | 0.350 | 0.75 | does not hold |" in text
   assert (tmp_path / report.FIGURE_FILE).stat().st_size > 10_000
+
+
+def test_pseudo_label_summary_shows_empty_and_one_class_labels():
+  text = report.pseudo_label_summary({
+      "detection": {"pseudo": 40, "boxes_per_image": 0.0},
+      "segmentation": {"pseudo": 40, "ignored_pixel_fraction": 0.22,
+                       "class_histogram": {"0": 95, "3": 5}}})
+  assert "- detection: 40 images pseudo-labeled, 0.00 boxes per image" in text
+  assert "22.0 % of pixels ignored, 2 classes, the most frequent (id 0) 95 %" in text
