@@ -16,6 +16,7 @@ from official.modeling import hyperparams
 from official.modeling import optimization
 from official.vision.configs import backbones
 from official.vision.configs import common as common_cfg
+from official.vision.configs import retinanet as retinanet_cfg
 
 ConfigT = TypeVar("ConfigT", bound=hyperparams.Config)
 
@@ -105,6 +106,17 @@ def small_resnet(model_id: int = 18, depth_multiplier: float = 0.5) -> backbones
   """A narrow ResNet (Model Garden's `depth_multiplier` scales every width)."""
   return backbones.Backbone(
       type="resnet", resnet=backbones.ResNet(model_id=model_id, depth_multiplier=depth_multiplier))
+
+
+def detection_generator(max_num_detections: int = 50) -> retinanet_cfg.DetectionGenerator:
+  """Box decoding + NMS for the detection teacher and the student's detection head.
+
+  Per-class NMS by tf.image.combined_non_max_suppression (`batched`): on CPU
+  about 100x faster than Model Garden's default `v2`, with the same detections
+  (python -m benchmarks.nms).
+  """
+  return retinanet_cfg.DetectionGenerator(max_num_detections=max_num_detections,
+                                          nms_version="batched")
 
 
 def norm_activation() -> common_cfg.NormActivation:

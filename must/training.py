@@ -6,8 +6,9 @@ parse Model Garden's flags (`--experiment`, `--config_file`,
 as `params.yaml`, build the strategy from the runtime config and hand over to
 `train_lib.run_experiment`, which restores the latest checkpoint in the model
 dir, so a restarted run resumes. `--mode=train_and_post_eval` (train, then
-evaluate once) leaves the final eval logs in `<model_dir>/eval_metrics.json`. `train_step` is the optimizer step of the
-project's own Model Garden tasks (the student, the depth teacher).
+evaluate once) leaves the final eval logs in `<model_dir>/eval_metrics.json`.
+`train_step` is the optimizer step of the project's own Model Garden tasks
+(the student, the depth teacher).
 """
 import json
 import os

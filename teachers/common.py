@@ -10,6 +10,7 @@ IMAGE_SIZE = 96
 NUM_CLASSES = 11  # the world's category ids 0..10, 0 = background
 
 small_resnet = configs.small_resnet
+detection_generator = configs.detection_generator
 norm_activation = configs.norm_activation
 trainer = configs.trainer
 

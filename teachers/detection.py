@@ -15,9 +15,6 @@ from teachers import common
 TASK = "detection"
 EXPERIMENT = "must_detection_teacher"
 TASK_CONFIG = rn_cfg.RetinaNetTask
-# Per-class NMS by tf.image.combined_non_max_suppression: on CPU about 100x
-# faster than Model Garden's default "v2" (python -m benchmarks.nms).
-NMS_VERSION = "batched"
 
 
 @exp_factory.register_config_factory(EXPERIMENT)
@@ -34,8 +31,7 @@ def experiment() -> cfg.ExperimentConfig:
               backbone=common.small_resnet(),
               decoder=decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=64)),
               head=rn_cfg.RetinaNetHead(num_convs=2, num_filters=64),
-              detection_generator=rn_cfg.DetectionGenerator(
-                  max_num_detections=50, nms_version=NMS_VERSION),
+              detection_generator=common.detection_generator(),
               norm_activation=common.norm_activation()),
           losses=rn_cfg.Losses(l2_weight_decay=1e-5),
           train_data=rn_cfg.DataConfig(

@@ -19,6 +19,7 @@ from typing import Any, List, Mapping, Optional
 import tensorflow as tf
 
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
+from must import configs
 import tf_keras
 from official.modeling import hyperparams
 from official.vision.configs import common
@@ -67,8 +68,7 @@ class HeadConfig(hyperparams.Config):
       default_factory=lambda: retinanet_cfg.Anchor(num_scales=3, aspect_ratios=[0.5, 1.0, 2.0],
                                                    anchor_size=2.0))
   detection_generator: retinanet_cfg.DetectionGenerator = dataclasses.field(
-      default_factory=lambda: retinanet_cfg.DetectionGenerator(
-          max_num_detections=50, nms_version="batched"))
+      default_factory=configs.detection_generator)
 
 
 @dataclasses.dataclass
