@@ -13,6 +13,7 @@ every upstream stage's) is unchanged is skipped; `--force` redoes it.
 """
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -74,7 +75,9 @@ class Context:
     with open(self.path(f"{stage}{_DONE_FILE}")) as f:
       return json.load(f)
 
+  @functools.cached_property
   def world(self) -> dict:
+    """The world's metadata (world.json), read once per stage."""
     return world_writer.load_metadata(self.path("world"))
 
 
@@ -118,7 +121,7 @@ def _merged(base: dict, override: dict) -> dict:
 def _params_override(ctx: Context, experiment: str, *overrides: dict) -> str:
   """--params_override for `experiment` at the world's image size, then `overrides`."""
   params = configs.image_size_override(exp_factory.get_exp_config(experiment),
-                                       *ctx.world()["image_size"])
+                                       *ctx.world["image_size"])
   for override in overrides:
     params = _merged(params, override or {})
   return f"--params_override={json.dumps(params)}"
@@ -138,14 +141,14 @@ def _evaluate(ctx: Context, export_dirs: dict[str, str]) -> dict:
 def _run_world(ctx: Context) -> dict:
   ctx.run({"world": ["must.world.generate", f"--config_file={ctx.config_dir}/world.yaml",
                      f"--output_dir={ctx.path('world')}"]})
-  world = ctx.world()
+  world = ctx.world
   return {"config": world["config"], "scenes": world["scenes"],
           "scenes_per_second": world["scenes_per_second"]}
 
 
 def _run_teachers(ctx: Context) -> dict:
   """Trains, exports and evaluates each teacher named in teachers.yaml."""
-  world = ctx.world()
+  world = ctx.world
   trains, exports, export_dirs = {}, {}, {}
   for task, override in ctx.config("teachers.yaml").items():
     experiment = f"must_{task}_teacher"
@@ -182,7 +185,7 @@ def _run_pseudo_label(ctx: Context) -> dict:
                        if task in exports}}, f)
   ctx.run({"pseudo_label": [
       "beam_pipelines.pseudo_label", "--runner=DirectRunner",
-      f"--input_pattern={ctx.world()['splits']['corpus']['pattern']}",
+      f"--input_pattern={ctx.world['splits']['corpus']['pattern']}",
       f"--teachers_config={teachers_config}", f"--output_dir={stage_dir}"]})
   with open(os.path.join(stage_dir, "summary.json")) as f:
     summary = json.load(f)
@@ -193,7 +196,7 @@ def _run_pseudo_label(ctx: Context) -> dict:
 def _student_training(ctx: Context, model_dir: str, tasks: list[str], train_split: str | None,
                       eval_split: str, mode: str, *overrides: dict) -> list[str]:
   """must.train with one head per task; trains on the pseudo labels or a world split."""
-  world = ctx.world()
+  world = ctx.world
   train_pattern = (world["splits"][train_split]["pattern"] if train_split
                    else ctx.summary("pseudo_label")["shards"])
   heads = [{"task": task, "num_classes": world["task_params"][task].get("num_classes", 0)}
@@ -281,19 +284,17 @@ def _run_transfer(ctx: Context) -> dict:
   runs, run_dirs = {}, {}
   for task in settings.get("tasks") or []:
     for init, checkpoint in inits.items():
-      name = f"{task} from {init}"
-      run_dirs[name] = ctx.path("transfer", task, init.replace(" ", "_"))
+      run_dir = run_dirs[task, init] = ctx.path("transfer", task, init.replace(" ", "_"))
       architecture = {"task": {
           "model": {"backbone": model["backbone"], "decoder": model["decoder"]},
           "init_checkpoint": checkpoint, "init_checkpoint_modules": "backbone"}}
-      runs[name] = _student_training(ctx, run_dirs[name], [task], "transfer_train",
-                                     "transfer_eval", "train_and_post_eval", architecture,
-                                     settings.get("student") or {})
+      runs[f"{task} from {init}"] = _student_training(
+          ctx, run_dir, [task], "transfer_train", "transfer_eval", "train_and_post_eval",
+          architecture, settings.get("student") or {})
   ctx.run(runs, parallel=True)
   results = {}
-  for task in settings.get("tasks") or []:
-    for init in inits:
-      results.setdefault(init, {})[task] = _eval_metrics(run_dirs[f"{task} from {init}"])[task]
+  for (task, init), run_dir in run_dirs.items():
+    results.setdefault(init, {})[task] = _eval_metrics(run_dir)[task]
   return {"metrics": results, "skipped": skipped}
 
 
