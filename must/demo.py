@@ -8,8 +8,10 @@ report. Each runs the project's binaries as a user would, with its config from
 2-core CPU), `configs/demo_full/` the larger one. Every model trains and
 serves at the world's image size. Independent training runs (the teachers, the
 baselines, the transfer runs) go `--jobs` at a time, each output line prefixed
-with the run's name. A stage whose output is complete and whose config (and
-every upstream stage's) is unchanged is skipped; `--force` redoes it.
+with the run's name. Every training run is seeded with the world's seed
+(`--seed`), so a rerun reproduces the numbers on the same machine. A stage
+whose output is complete and whose config (and every upstream stage's) is
+unchanged is skipped; `--force` redoes it.
 """
 import concurrent.futures
 import dataclasses
@@ -79,6 +81,12 @@ class Context:
   def world(self) -> dict:
     """The world's metadata (world.json), read once per stage."""
     return world_writer.load_metadata(self.path("world"))
+
+  @property
+  def seed_flag(self) -> str:
+    """`--seed` for every training run: the world's seed, so that the same
+    configs give the same models and numbers on the same machine."""
+    return f"--seed={self.world['config']['seed']}"
 
 
 def run_binaries(runs: dict[str, list[str]], jobs: int = 1, commands_file: str = "") -> None:
@@ -158,7 +166,8 @@ def _run_teachers(ctx: Context) -> dict:
                      "validation_data": {"input_path": world["splits"]["eval"]["pattern"]}}}
     trains[f"{task} teacher"] = [
         "teachers.train", f"--experiment={experiment}", "--mode=train",
-        f"--model_dir={model_dir}", _params_override(ctx, experiment, data, override)]
+        f"--model_dir={model_dir}", ctx.seed_flag,
+        _params_override(ctx, experiment, data, override)]
     exports[f"{task} teacher"] = [
         "teachers.export", f"--model_dir={model_dir}", f"--export_dir={export_dirs[task]}",
         f"--world_dir={ctx.path('world')}"]
@@ -206,7 +215,7 @@ def _student_training(ctx: Context, model_dir: str, tasks: list[str], train_spli
       "model": {"heads": heads}, "train_data": {"input_path": train_pattern},
       "validation_data": {"input_path": world["splits"][eval_split]["pattern"]}}}
   return ["must.train", f"--experiment={student_config.EXPERIMENT}", f"--mode={mode}",
-          f"--model_dir={model_dir}",
+          f"--model_dir={model_dir}", ctx.seed_flag,
           _params_override(ctx, student_config.EXPERIMENT, inputs, *overrides)]
 
 

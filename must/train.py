@@ -2,13 +2,14 @@
 
   python -m must.train --experiment must_student \
       --config_file configs/student/student.yaml --mode train_and_eval \
-      --model_dir out/student [--params_override ...] [--tpu ...]
+      --model_dir out/student [--params_override ...] [--tpu ...] [--seed 0]
 
-Flags are Model Garden's. Loss weights left unset in the config are filled in
-by the paper's rule from the teachers' metadata (`task.teachers`) before
-training, and the final config, weights included, is saved as `params.yaml`.
-The strategy comes from `runtime` (one device, `mirrored`, `multi_worker_mirrored`
-with TF_CONFIG, `tpu`); a restarted run resumes from its latest checkpoint.
+Flags are Model Garden's plus `--seed` (a reproducible run). Loss weights left
+unset in the config are filled in by the paper's rule from the teachers'
+metadata (`task.teachers`) before training, and the final config, weights
+included, is saved as `params.yaml`. The strategy comes from `runtime` (one
+device, `mirrored`, `multi_worker_mirrored` with TF_CONFIG, `tpu`); a restarted
+run resumes from its latest checkpoint.
 """
 from absl import app
 from absl import flags
@@ -17,7 +18,6 @@ from absl import logging
 import must.student  # noqa: F401  (registers the student task and experiment)
 from must import training
 from must.student import config as student_config
-from official.common import flags as tfm_flags
 
 FLAGS = flags.FLAGS
 
@@ -28,10 +28,10 @@ def main(argv):
                                   resolve=student_config.resolve_loss_weights)
   logging.info("loss weights: %s",
                {head.task: head.loss_weight for head in params.task.model.heads})
-  training.run(params, FLAGS.model_dir, FLAGS.mode)
+  training.run(params, FLAGS.model_dir, FLAGS.mode, FLAGS.seed)
 
 
 if __name__ == "__main__":
-  tfm_flags.define_flags()
+  training.define_flags()
   flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
   app.run(main)

@@ -2,11 +2,12 @@
 
 `teachers/train.py` and `must/train.py` are thin absl binaries over these: they
 parse Model Garden's flags (`--experiment`, `--config_file`,
-`--params_override`, `--mode`, `--model_dir`, `--tpu`), save the final config
-as `params.yaml`, build the strategy from the runtime config and hand over to
-`train_lib.run_experiment`, which restores the latest checkpoint in the model
-dir, so a restarted run resumes. `--mode=train_and_post_eval` (train, then
-evaluate once) leaves the final eval logs in `<model_dir>/eval_metrics.json`.
+`--params_override`, `--mode`, `--model_dir`, `--tpu`, plus `--seed`), save
+the final config as `params.yaml`, build the strategy from the runtime config
+and hand over to `train_lib.run_experiment`, which restores the latest
+checkpoint in the model dir, so a restarted run resumes.
+`--mode=train_and_post_eval` (train, then evaluate once) leaves the final eval
+logs in `<model_dir>/eval_metrics.json`.
 `train_step` is the optimizer step of the project's own Model Garden tasks
 (the student, the depth teacher).
 """
@@ -15,12 +16,14 @@ import os
 from typing import Sequence
 
 from absl import app
+from absl import flags
 import numpy as np
 import tensorflow as tf
 
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
 import tf_keras
 from official.common import distribute_utils
+from official.common import flags as tfm_flags
 from official.core import task_factory
 from official.core import train_lib
 from official.core import train_utils
@@ -55,11 +58,29 @@ def train_step(model, optimizer, images, compute_loss) -> tf.Tensor:
   return loss
 
 
+def define_flags() -> None:
+  """Model Garden's training flags plus `--seed`."""
+  tfm_flags.define_flags()
+  flags.DEFINE_integer(
+      "seed", None,
+      "Makes the run reproducible: seeds Python, NumPy and TensorFlow (weights, input "
+      "shuffling, augmentation), sets task.train_data.seed and turns on TensorFlow's op "
+      "determinism. The same seed, config and machine give the same checkpoints.")
+
+
+def make_deterministic(seed: int) -> None:
+  """Seeds every random generator and makes TensorFlow's ops (tf.data included)
+  deterministic. Call before any op runs."""
+  tf.keras.utils.set_random_seed(seed)
+  tf.config.experimental.enable_op_determinism()
+
+
 def parse_params(flags_obj, experiments: Sequence[str], resolve=None):
   """The locked experiment config from the flags.
 
   Args:
-    flags_obj: Model Garden's flags.
+    flags_obj: Model Garden's flags (and `--seed`, which sets
+      `task.train_data.seed` where the config leaves it unset).
     experiments: the experiment names this binary trains.
     resolve: optional function that completes the config before it is locked
       (e.g. fills in derived values); its errors stop like a bad key.
@@ -72,6 +93,9 @@ def parse_params(flags_obj, experiments: Sequence[str], resolve=None):
                          f"{sorted(experiments)}")
   try:
     params = train_utils.parse_configuration(flags_obj, lock_return=False)
+    seed = getattr(flags_obj, "seed", None)
+    if seed is not None and params.task.train_data.seed is None:
+      params.task.train_data.seed = seed
     if resolve is not None:
       resolve(params)
   except (KeyError, ValueError, FileNotFoundError) as e:
@@ -84,13 +108,17 @@ def parse_params(flags_obj, experiments: Sequence[str], resolve=None):
 EVAL_METRICS_FILE = "eval_metrics.json"
 
 
-def run(params, model_dir: str, mode: str = "train_and_eval"):
+def run(params, model_dir: str, mode: str = "train_and_eval", seed: int | None = None):
   """Trains/evaluates `params` in `model_dir`; returns (model, eval logs).
+
+  With a `seed` the run is deterministic (`make_deterministic`).
 
   When Model Garden returns eval logs (`train_and_post_eval`), their scalars are
   also written to `<model_dir>/eval_metrics.json` as
   {"checkpoint": path, "metrics": {name: value}}.
   """
+  if seed is not None:
+    make_deterministic(seed)
   # The strategy first: multi-worker collectives must be set up before any op runs.
   strategy = distribute_utils.get_distribution_strategy(
       distribution_strategy=params.runtime.distribution_strategy,

@@ -36,7 +36,10 @@ def experiment() -> cfg.ExperimentConfig:
           losses=rn_cfg.Losses(l2_weight_decay=1e-5),
           train_data=rn_cfg.DataConfig(
               is_training=True, global_batch_size=32, shuffle_buffer_size=2000,
-              parser=rn_cfg.Parser(aug_rand_hflip=True, aug_scale_min=0.8, aug_scale_max=1.2)),
+              # No crowd boxes here; Model Garden's crowd filter breaks the tf.data
+              # rewrite behind op determinism (`--seed`), so it is off.
+              parser=rn_cfg.Parser(aug_rand_hflip=True, aug_scale_min=0.8, aug_scale_max=1.2,
+                                   skip_crowd_during_training=False)),
           validation_data=rn_cfg.DataConfig(is_training=False, global_batch_size=32,
                                             drop_remainder=False),
           use_coco_metrics=True),

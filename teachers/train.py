@@ -2,18 +2,18 @@
 
   python -m teachers.train --experiment must_detection_teacher \
       --config_file configs/teachers/detection.yaml --mode train_and_eval \
-      --model_dir out/teachers/detection [--params_override ...] [--tpu ...]
+      --model_dir out/teachers/detection [--params_override ...] [--tpu ...] [--seed 0]
 
-Flags are Model Garden's (`official.common.flags`). The final config is saved
-as `params.yaml` in the model dir; a restarted run resumes from the latest
-checkpoint there (Model Garden's orbit controller restores it). The work is
-done by `must.training`, shared with the student's binary.
+Flags are Model Garden's (`official.common.flags`) plus `--seed`, which makes
+the run reproducible (`must.training.make_deterministic`). The final config is
+saved as `params.yaml` in the model dir; a restarted run resumes from the
+latest checkpoint there (Model Garden's orbit controller restores it). The
+work is done by `must.training`, shared with the student's binary.
 """
 from absl import app
 from absl import flags
 
 from must import training
-from official.common import flags as tfm_flags
 import teachers
 
 FLAGS = flags.FLAGS
@@ -22,10 +22,10 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   params = training.parse_params(FLAGS, teachers.experiments())
-  training.run(params, FLAGS.model_dir, FLAGS.mode)
+  training.run(params, FLAGS.model_dir, FLAGS.mode, FLAGS.seed)
 
 
 if __name__ == "__main__":
-  tfm_flags.define_flags()
+  training.define_flags()
   flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
   app.run(main)

@@ -16,3 +16,18 @@ def tiny_world(tmp_path_factory) -> str:
   writer.write_world(configs.load(writer.WorldConfig(), TINY_WORLD_CONFIG), output_dir,
                      progress=lambda line: None)
   return output_dir
+
+
+@pytest.fixture
+def checkpoint_values():
+  """model dir -> {variable name: value} of its latest checkpoint (weights and
+  optimizer slots)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def values(model_dir) -> dict:
+    checkpoint = tf.train.latest_checkpoint(str(model_dir))
+    assert checkpoint, f"no checkpoint in {model_dir}"
+    return {name: tf.train.load_variable(checkpoint, name)
+            for name, _ in tf.train.list_variables(checkpoint)
+            if name.endswith("VARIABLE_VALUE")}
+  return values

@@ -59,6 +59,11 @@ def test_runs_then_skips_then_reruns_on_config_change(tmp_path):
   for binary in ("must.world.generate", "teachers.train", "beam_pipelines.pseudo_label",
                  "must.train", "must.student.export"):
     assert f"python -m {binary} " in commands, binary
+  # Every training run is seeded with the world's seed, so a rerun gives the same numbers.
+  seed = json.loads((output_dir / "world" / "world.json").read_text())["config"]["seed"]
+  trainings = [line for line in commands.splitlines()
+               if line.startswith(("python -m teachers.train ", "python -m must.train "))]
+  assert len(trainings) >= 4 and all(f" --seed={seed} " in line for line in trainings)
   for artifact in ("metrics.png", "pseudo_labels/contact_sheet.png"):
     assert (output_dir / "report" / artifact).stat().st_size > 1000
 

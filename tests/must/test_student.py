@@ -270,6 +270,17 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def test_seeded_runs_train_the_same_weights(tiny_world, tmp_path, checkpoint_values):
+  for name in ("first", "again"):
+    result = subprocess.run(_train_command(tmp_path / name, tiny_world) + ["--seed=3"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+  first, again = checkpoint_values(tmp_path / "first"), checkpoint_values(tmp_path / "again")
+  assert first.keys() == again.keys() and len(first) > 100
+  for name, value in first.items():
+    np.testing.assert_array_equal(again[name], value, err_msg=name)
+
+
 def test_multi_worker_mirrored_trains_two_local_workers(tiny_world, tmp_path):
   ports = [_free_port() for _ in range(2)]
   cluster = {"worker": [f"localhost:{port}" for port in ports]}

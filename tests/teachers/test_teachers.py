@@ -1,4 +1,5 @@
 """The stock-task teachers: train a few steps, export, reload, serve; bad inputs."""
+import json
 import os
 import pathlib
 import subprocess
@@ -139,6 +140,26 @@ def test_shipped_teacher_configs_load_strictly(path):
   params = exp_factory.get_exp_config(teachers.TEACHERS[task].EXPERIMENT)
   hyperparams.override_params_dict(params, path, is_strict=True)
   params.validate()
+
+
+def test_seeded_training_is_reproducible(tiny_world, tmp_path, checkpoint_values):
+  # The detection teacher: its input pipeline (parallel parsing with random
+  # flips and scale jitter) is the one op determinism has to rewrite.
+  override = json.dumps(_params("detection", tiny_world).as_dict())
+
+  def train(name: str, seed: int) -> dict[str, np.ndarray]:
+    result = subprocess.run(
+        [sys.executable, "-m", "teachers.train", "--experiment=must_detection_teacher",
+         "--mode=train", f"--model_dir={tmp_path / name}", f"--params_override={override}",
+         f"--seed={seed}"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return checkpoint_values(tmp_path / name)
+
+  first, again, other = train("first", 0), train("again", 0), train("other", 1)
+  assert first.keys() == again.keys() and len(first) > 100
+  for name, value in first.items():
+    np.testing.assert_array_equal(again[name], value, err_msg=name)
+  assert any(not np.array_equal(other[name], value) for name, value in first.items())
 
 
 def test_restarted_training_resumes_from_its_checkpoint(tiny_world, tmp_path):
