@@ -273,6 +273,9 @@ class DecodeLabeledFn(beam.DoFn):
 
   def setup(self):
     self.schema = schema_lib.Schema(self.task_params)
+    # One traced graph per worker: eager decoding op by op costs about 4x more.
+    self.decode = tf.function(self.schema.decode,
+                              input_signature=[tf.TensorSpec([], tf.string)])
     self.exporters = {t: exporters.get(t) for t in self.schema.tasks if exporters.has(t)}
     self.decoded = beam.metrics.Metrics.counter(_NAMESPACE, "examples_decoded")
     self.dead = beam.metrics.Metrics.counter(_NAMESPACE, "dead_letters")
@@ -282,7 +285,7 @@ class DecodeLabeledFn(beam.DoFn):
     feature = tf.train.Example.FromString(record).features.feature
     try:
       decoded = tf.nest.map_structure(lambda t: t.numpy(),
-                                      self.schema.decode(tf.constant(record)))
+                                      self.decode(tf.constant(record)))
       labels, provenance = {}, {}
       for task, exporter in self.exporters.items():
         if decoded[task]["present"]:
