@@ -42,13 +42,15 @@ def _check_types(config: hyperparams.Config, where: str, prefix: str = "") -> No
 
 
 def load(config: ConfigT, config_file: str | None = None,
-         params_override: str | dict | None = None) -> ConfigT:
+         params_override: str | dict | None = None,
+         override_name: str = "--params_override") -> ConfigT:
   """Applies a YAML file and overrides to `config`, checks it, and locks it.
 
   Args:
     config: the defaults (modified in place and returned).
     config_file: path of a YAML file whose keys must all exist in `config`.
     params_override: 'a.b=1,c=x' string, YAML string or dict, applied last.
+    override_name: where `params_override` came from, for error messages.
 
   Returns:
     The validated, locked config.
@@ -57,7 +59,7 @@ def load(config: ConfigT, config_file: str | None = None,
     ConfigError: an unknown key, a value of the wrong type, or a file that is
       missing or not YAML, naming the key and the file or override.
   """
-  for where, override in ((config_file, config_file), ("--params_override", params_override)):
+  for where, override in ((config_file, config_file), (override_name, params_override)):
     if not override:
       continue
     if override is config_file:

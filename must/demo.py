@@ -32,12 +32,13 @@ from absl import flags
 
 from must import configs
 from must import report
+from must import tasks as must_tasks
 from must import training
 from must.student import config as student_config
 from must.world import writer as world_writer
 from official.core import exp_factory
 from official.modeling import hyperparams
-import teachers  # noqa: F401  (registers the teacher experiments)
+import teachers  # registers the teacher experiments
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "out/demo", "Where every stage writes.")
 _CONFIG_DIR = flags.DEFINE_string(
@@ -346,6 +347,58 @@ STAGES: list[tuple[str, Callable[[Context], dict]]] = [
 ]
 
 
+def check_configs(config_dir: str) -> None:
+  """Stops before any stage runs when a stage config would fail later.
+
+  Every file must exist and parse; teacher, student and transfer overrides must
+  apply strictly to their experiments (unknown keys, wrong value types); tasks
+  must be known, and baselines must name a configured teacher.
+
+  Raises:
+    configs.ConfigError: naming the file and the key or task.
+  """
+  def read(name: str, keys: set[str] | None = None) -> dict:
+    path = os.path.join(config_dir, name)
+    try:
+      with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+      raise configs.ConfigError(f"{path}: cannot read the config: {e}") from None
+    if not isinstance(raw, dict):
+      raise configs.ConfigError(f"{path}: expected a mapping, got {type(raw).__name__}")
+    unknown = set(raw) - keys if keys is not None else set()
+    if unknown:
+      raise configs.ConfigError(f"{path}: unknown keys {sorted(unknown)}; valid: {sorted(keys)}")
+    return raw
+
+  def check_tasks(tasks, valid, name: str, what: str) -> None:
+    unknown = [task for task in tasks or [] if task not in valid]
+    if unknown:
+      raise configs.ConfigError(f"{os.path.join(config_dir, name)}: {what} {unknown}; "
+                                f"valid: {sorted(valid)}")
+
+  def check_override(experiment: str, override: dict, where: str) -> None:
+    configs.load(exp_factory.get_exp_config(experiment), params_override=override or {},
+                 override_name=where)
+
+  configs.load(world_writer.WorldConfig(), os.path.join(config_dir, "world.yaml"))
+  teacher_tasks = read("teachers.yaml")
+  check_tasks(teacher_tasks, teachers.TEACHERS, "teachers.yaml", "no teacher for")
+  for task, override in teacher_tasks.items():
+    check_override(teachers.TEACHERS[task].EXPERIMENT, override,
+                   f"{os.path.join(config_dir, 'teachers.yaml')} ({task})")
+  check_override(student_config.EXPERIMENT, read("student.yaml"),
+                 os.path.join(config_dir, "student.yaml"))
+  thresholds = read("pseudo_label.yaml", {"batch_size", "thresholds"}).get("thresholds") or {}
+  check_tasks(thresholds, must_tasks.names(), "pseudo_label.yaml", "thresholds for unknown tasks")
+  check_tasks(read("baselines.yaml", {"tasks"}).get("tasks"), teacher_tasks, "baselines.yaml",
+              "baselines for tasks with no teacher (no pseudo labels)")
+  transfer = read("transfer.yaml", {"tasks", "student"})
+  check_tasks(transfer.get("tasks"), must_tasks.names(), "transfer.yaml", "unknown tasks")
+  check_override(student_config.EXPERIMENT, transfer.get("student"),
+                 f"{os.path.join(config_dir, 'transfer.yaml')} (student)")
+
+
 def _config_digest(config_dir: str, stage: str, upstream: str) -> str:
   """Digest of the stage's config files and of every stage before it."""
   digest = hashlib.sha256(upstream.encode())
@@ -357,7 +410,9 @@ def _config_digest(config_dir: str, stage: str, upstream: str) -> str:
 
 
 def run(config_dir: str, output_dir: str, force: bool = False, jobs: int = 1) -> dict[str, dict]:
-  """Runs the stages in order; returns per-stage status and timing."""
+  """Checks every stage config, then runs the stages in order; returns
+  per-stage status and timing."""
+  check_configs(config_dir)
   os.makedirs(output_dir, exist_ok=True)
   results = {}
   digest = ""
@@ -385,7 +440,10 @@ def run(config_dir: str, output_dir: str, force: bool = False, jobs: int = 1) ->
 def main(argv):
   del argv
   start = time.perf_counter()
-  results = run(_CONFIG_DIR.value, _OUTPUT_DIR.value, _FORCE.value, _JOBS.value)
+  try:
+    results = run(_CONFIG_DIR.value, _OUTPUT_DIR.value, _FORCE.value, _JOBS.value)
+  except configs.ConfigError as e:
+    sys.exit(f"must.demo: {e}")
   print(f"\n{'stage':<14}{'status':<40}{'seconds':>8}")
   for stage, result in results.items():
     print(f"{stage:<14}{result['status']:<40}{result.get('seconds', ''):>8}")

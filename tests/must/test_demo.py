@@ -1,8 +1,12 @@
 """The demo orchestration: runs the stages that exist, skips finished ones."""
 import json
 import pathlib
+import re
 import shutil
 
+import pytest
+
+from must import configs
 from must import demo
 
 REPO = pathlib.Path(__file__).parents[2]
@@ -89,3 +93,26 @@ def test_a_failing_run_is_named_after_the_others_finish(tmp_path, capsys):
     raise AssertionError("a failing binary did not stop the stage")
   assert marker.exists()  # the other run went on to the end
   assert "[fails] " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("setting", ["configs/demo", "configs/demo_full"])
+def test_shipped_settings_pass_the_config_check(setting):
+  demo.check_configs(str(REPO / setting))
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("transfer.yaml", "student: {trainer: {train_stepz: 3}}", "train_stepz"),
+    ("student.yaml", "trainer: {train_steps: many}", "train_steps must be int"),
+    ("teachers.yaml", "classification: {}\ndepht: {}", "no teacher for ['depht']"),
+    ("baselines.yaml", "tasks: [detection]", "baselines for tasks with no teacher"),
+    ("pseudo_label.yaml", "threshold: {}", "unknown keys ['threshold']"),
+])
+def test_a_bad_stage_config_stops_before_any_stage(tmp_path, name, text, message):
+  config_dir, output_dir = tmp_path / "configs", tmp_path / "out"
+  shutil.copytree(REPO / "configs/demo", config_dir)
+  (config_dir / "teachers.yaml").write_text(json.dumps(TINY_TEACHERS))
+  (config_dir / "baselines.yaml").write_text(json.dumps({"tasks": ["classification"]}))
+  (config_dir / name).write_text(text)
+  with pytest.raises(configs.ConfigError, match=f"{re.escape(name)}.*{re.escape(message)}"):
+    demo.run(str(config_dir), str(output_dir))
+  assert not output_dir.exists()
