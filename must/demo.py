@@ -160,7 +160,7 @@ def _run_teachers(ctx: Context) -> dict:
   world = ctx.world
   trains, exports, export_dirs = {}, {}, {}
   for task, override in ctx.config("teachers.yaml").items():
-    experiment = f"must_{task}_teacher"
+    experiment = teachers.TEACHERS[task].EXPERIMENT
     model_dir = ctx.path("teachers", task)
     export_dirs[task] = os.path.join(model_dir, "export")
     data = {"task": {"train_data": {"input_path": world["splits"][task]["pattern"]},
