@@ -19,36 +19,25 @@ import subprocess
 import sys
 import tempfile
 
-from must import configs
-from must.world import writer
+from benchmarks import worlds
 
 _STEPS_PER_SECOND = re.compile(r"train \| step: +\d+ \| steps/sec: +([\d.]+)")
-
-
-def _world(output_dir: str, size: int, scenes: int) -> str:
-  sizes = {name: 0 for name in ("classification", "detection", "segmentation", "depth", "corpus",
-                                "corpus_partial", "transfer_train", "transfer_eval")}
-  config = configs.load(writer.WorldConfig(), params_override={
-      "preview_scenes": 0, "render": {"height": size, "width": size},
-      "sizes": {**sizes, "eval": scenes}})
-  writer.write_world(config, output_dir, progress=lambda line: None)
-  return f"{output_dir}/eval/*.tfrecord"
 
 
 def _commands(pattern: str, size: int, steps: int) -> dict[str, list[str]]:
   """Training binary and flags (but --model_dir and --seed) per experiment."""
   trainer = {"train_steps": steps, "steps_per_loop": 50, "summary_interval": 50,
              "checkpoint_interval": steps}
-  data = {"input_path": pattern, "global_batch_size": 16}
-  teacher = {"task": {"model": {"input_size": [size, size, 3]}, "train_data": data,
-                      "validation_data": {"input_path": pattern}}, "trainer": trainer}
-  student = {"task": {"model": {"input_size": [size, size, 3]}, "train_data": data,
-                      "validation_data": {"input_path": pattern}}, "trainer": trainer}
+  override = json.dumps({
+      "task": {"model": {"input_size": [size, size, 3]},
+               "train_data": {"input_path": pattern, "global_batch_size": 16},
+               "validation_data": {"input_path": pattern}},
+      "trainer": trainer})
   return {
       "detection teacher": ["teachers.train", "--experiment=must_detection_teacher",
-                            f"--params_override={json.dumps(teacher)}"],
+                            f"--params_override={override}"],
       "MuST student": ["must.train", "--experiment=must_student",
-                       f"--params_override={json.dumps(student)}"],
+                       f"--params_override={override}"],
   }
 
 
@@ -71,7 +60,8 @@ def main():
   parser.add_argument("--size", type=int, default=64)
   args = parser.parse_args()
   with tempfile.TemporaryDirectory() as root:
-    commands = _commands(_world(f"{root}/world", args.size, 200), args.size, args.steps)
+    commands = _commands(worlds.eval_split(f"{root}/world", 200, args.size), args.size,
+                         args.steps)
     rates = {(name, seed): [] for name in commands for seed in (False, True)}
     for round_index in range(args.rounds):
       for name, command in commands.items():

@@ -27,18 +27,9 @@ import must.student  # noqa: F401  (registers the student)
 import tf_keras
 from must.student import config as student_config
 from must.student import task as task_lib
-from must.world import writer
 from official.core import exp_factory
 
-
-def _world(output_dir: str, scenes: int) -> str:
-  config = writer.WorldConfig()
-  config.override({"preview_scenes": 0, "sizes": {
-      name: 0 for name in ("classification", "detection", "segmentation", "depth", "corpus",
-                           "corpus_partial", "transfer_train", "transfer_eval")}})
-  config.override({"sizes": {"eval": scenes}})
-  writer.write_world(config, output_dir, progress=lambda line: None)
-  return f"{output_dir}/eval/*.tfrecord"
+from benchmarks import worlds
 
 
 def _trainer(heads: list[str], pattern: str, batch_size: int):
@@ -74,7 +65,7 @@ def main():
   args = parser.parse_args()
   tasks = list(student_config.DEFAULT_TASKS)
   with tempfile.TemporaryDirectory() as world_dir:
-    pattern = _world(world_dir, args.scenes)
+    pattern = worlds.eval_split(world_dir, args.scenes)
     task, params, multi_step = _trainer(tasks, pattern, args.batch_size)
     real_input = iter(task.build_inputs(params.task.train_data).repeat())
     in_memory = next(real_input)
