@@ -7,12 +7,16 @@ the final config as `params.yaml`, build the strategy from the runtime config
 and hand over to `train_lib.run_experiment`, which restores the latest
 checkpoint in the model dir, so a restarted run resumes.
 `--mode=train_and_post_eval` (train, then evaluate once) leaves the final eval
-logs in `<model_dir>/eval_metrics.json`.
+logs in `<model_dir>/eval_metrics.json`. Every mode that trains leaves
+`<model_dir>/train_timing.json`: the global steps this process trained and the
+seconds spent inside orbit's train loops.
 `train_step` is the optimizer step of the project's own Model Garden tasks
 (the student, the depth teacher).
 """
+import functools
 import json
 import os
+import time
 from typing import Sequence
 
 from absl import app
@@ -28,6 +32,7 @@ from official.core import task_factory
 from official.core import train_lib
 from official.core import train_utils
 from official.modeling import performance
+import orbit
 
 
 def train_step(model, optimizer, images, compute_loss) -> tf.Tensor:
@@ -106,12 +111,41 @@ def parse_params(flags_obj, experiments: Sequence[str], resolve=None):
 
 
 EVAL_METRICS_FILE = "eval_metrics.json"
+TRAIN_TIMING_FILE = "train_timing.json"
+
+
+class _TimedController(orbit.Controller):
+  """orbit's Controller that times each train loop against the global step.
+
+  A train loop is orbit's `_train_n_steps`: the trainer's `train(n)` (n optimizer
+  steps in one traced loop), the train actions and the loop's summaries;
+  checkpointing and evaluation happen outside it. `timing` accumulates the
+  global-step delta of every loop ("steps") and the seconds it took
+  ("step_seconds"). The first loop includes tracing the train function.
+  """
+
+  def __init__(self, *args, timing: dict, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._timing = timing
+
+  def _train_n_steps(self, num_steps: int):
+    before = int(self.global_step.numpy())
+    start = time.perf_counter()
+    super()._train_n_steps(num_steps)
+    after = int(self.global_step.numpy())  # reading the step waits for the loop to finish
+    self._timing["step_seconds"] += time.perf_counter() - start
+    self._timing["steps"] += after - before
 
 
 def run(params, model_dir: str, mode: str = "train_and_eval", seed: int | None = None):
   """Trains/evaluates `params` in `model_dir`; returns (model, eval logs).
 
   With a `seed` the run is deterministic (`make_deterministic`).
+
+  When the mode trains, `<model_dir>/train_timing.json` gets
+  {"steps": global steps trained in this process (0 when the model dir's
+  checkpoint had already reached train_steps), "step_seconds": seconds spent
+  inside orbit's train loops}, measured around each loop (`_TimedController`).
 
   When Model Garden returns eval logs (`train_and_post_eval`), their scalars are
   also written to `<model_dir>/eval_metrics.json` as
@@ -135,8 +169,12 @@ def run(params, model_dir: str, mode: str = "train_and_eval", seed: int | None =
     performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
   with strategy.scope():
     task = task_factory.get_task(params.task, logging_dir=model_dir)
-  model, logs = train_lib.run_experiment(distribution_strategy=strategy, task=task, mode=mode,
-                                         params=params, model_dir=model_dir)
+  timing = {"steps": 0, "step_seconds": 0.0}
+  model, logs = train_lib.run_experiment(
+      distribution_strategy=strategy, task=task, mode=mode, params=params, model_dir=model_dir,
+      controller_cls=functools.partial(_TimedController, timing=timing))
+  if "train" in mode:
+    write_train_timing(model_dir, timing)
   if logs:
     write_eval_metrics(model_dir, logs, tf.train.latest_checkpoint(model_dir))
   return model, logs
@@ -148,6 +186,19 @@ def write_eval_metrics(model_dir: str, logs: dict, checkpoint: str | None) -> No
              if np.asarray(value).size == 1}
   with tf.io.gfile.GFile(os.path.join(model_dir, EVAL_METRICS_FILE), "w") as f:
     json.dump({"checkpoint": checkpoint, "metrics": metrics}, f, indent=2, sort_keys=True)
+
+
+def write_train_timing(model_dir: str, timing: dict) -> None:
+  """{"steps": int, "step_seconds": float} as JSON, in the model dir."""
+  with tf.io.gfile.GFile(os.path.join(model_dir, TRAIN_TIMING_FILE), "w") as f:
+    json.dump({"steps": int(timing["steps"]), "step_seconds": round(timing["step_seconds"], 3)},
+              f, indent=2)
+
+
+def read_train_timing(model_dir: str) -> dict:
+  """What `write_train_timing` wrote in `model_dir`."""
+  with tf.io.gfile.GFile(os.path.join(model_dir, TRAIN_TIMING_FILE)) as f:
+    return json.load(f)
 
 
 def check_input(input_path, key: str) -> None:
