@@ -1,17 +1,38 @@
 """The main job: MuST end to end on the embedded default.
 
-  python -m must.demo [--config_dir configs/demo] [--output_dir out/demo] [--jobs 2] [--force]
+  python -m must.demo [--config_dir configs/demo] [--output_dir out/demo] [--jobs 2]
+      [--seeds 0,1,2] [--force]
 
 Stages, in order: world, teachers, pseudo_label, student, baselines, transfer,
 report. Each runs the project's binaries as a user would, with its config from
 `--config_dir`: `configs/demo/` is the default setting (about 15 minutes on a
-2-core CPU), `configs/demo_full/` the larger one. Every model trains and
-serves at the world's image size. Independent training runs (the teachers, the
-baselines, the transfer runs) go `--jobs` at a time, each output line prefixed
-with the run's name. Every training run is seeded with the world's seed
-(`--seed`), so a rerun reproduces the numbers on the same machine. A stage
-whose output is complete and whose config (and every upstream stage's) is
-unchanged is skipped; `--force` redoes it.
+2-core CPU per seed), `configs/demo_full/` the larger one. Every model trains
+and serves at the world's image size. Independent training runs (the teachers,
+the baselines, the transfer runs) go `--jobs` at a time, each output line
+prefixed with the run's name.
+
+The world is generated once, with world.yaml's seed. Every later stage but the
+report runs once per training seed of `--seeds` (default: the world's seed),
+each training run with `--seed=<s>`, so a rerun reproduces the numbers on the
+same machine. The report aggregates over the seeds: mean ± half the min-max
+range, and a claim holds only if it holds for the means and for every seed
+(undecided when the seeds disagree). Layout:
+
+  <output_dir>/world/                    world.done.json, world.commands.sh
+  <output_dir>/seed_<s>/teachers/ ...    seed_<s>/<stage>.done.json, .commands.sh
+      (teachers, pseudo_label, student, baselines, transfer)
+  <output_dir>/report/                   report.md, metrics.png, commands.sh
+
+A stage (per seed) whose output is complete and whose config (and every
+upstream stage's) is unchanged is skipped, so `--seeds 0,1,2` after a default
+run reuses seed 0's work; `--force` redoes it. A stage that is redone starts
+from an empty folder, except after a run that stopped part-way with the same
+configs, whose training runs resume from their checkpoints.
+
+Each stage that trains records in its done file `train_step_seconds` (the sum
+of its runs' `train_timing.json` step seconds) and `parallel_slots`
+(min(--jobs, runs)); the report's timings table gives the share of wall time
+in training steps: train_step_seconds / (wall seconds x parallel_slots).
 """
 import concurrent.futures
 import dataclasses
@@ -20,6 +41,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -46,21 +68,49 @@ _CONFIG_DIR = flags.DEFINE_string(
     "The stages' configs: configs/demo (default setting) or configs/demo_full (larger).")
 _JOBS = flags.DEFINE_integer("jobs", 2, "How many independent training runs go at once.")
 _FORCE = flags.DEFINE_bool("force", False, "Redo stages even when their output is complete.")
+_SEEDS = flags.DEFINE_list(
+    "seeds", None,
+    "Training seeds, e.g. 0,1,2: every stage after the world runs once per seed (into "
+    "<output_dir>/seed_<s>/, each training run with --seed=<s>) and the report gives the "
+    "mean and spread over them. Default: the world's seed (world.yaml).")
 
-_DONE_FILE = ".done.json"  # <output_dir>/<stage>.done.json: digest, timing, summary
-_COMMANDS_FILE = ".commands.sh"  # <output_dir>/<stage>.commands.sh: the binaries it ran
+_DONE_FILE = ".done.json"  # <root>/<stage>.done.json: digest, timing, summary
+_STARTED_FILE = ".started.json"  # <root>/<stage>.started.json: digest of a run under way
+_COMMANDS_FILE = ".commands.sh"  # <root>/<stage>.commands.sh: the binaries it ran
 
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-  """Where a stage reads its config and writes, and how many runs go at once."""
+  """Where a stage reads its config and writes, and how many runs go at once.
+
+  A per-seed stage (`seed` set) reads and writes under `<output_dir>/seed_<s>/`;
+  the world and the report under `<output_dir>/`. `seeds` are all the demo's
+  training seeds (what the report aggregates).
+  """
   config_dir: str
   output_dir: str
   jobs: int = 1
   stage: str = ""
+  seed: int | None = None
+  seeds: tuple[int, ...] = ()
+
+  @property
+  def root(self) -> str:
+    """`<output_dir>/seed_<s>` for a per-seed stage, else `<output_dir>`."""
+    if self.seed is None:
+      return self.output_dir
+    return os.path.join(self.output_dir, f"seed_{self.seed}")
+
+  @property
+  def world_dir(self) -> str:
+    return os.path.join(self.output_dir, "world")
 
   def path(self, *parts: str) -> str:
-    return os.path.join(self.output_dir, *parts)
+    return os.path.join(self.root, *parts)
+
+  def for_seed(self, seed: int | None) -> "Context":
+    """This context for another training seed (None: the world's and report's)."""
+    return dataclasses.replace(self, seed=seed)
 
   def commands_file(self, stage: str) -> str:
     return self.path(f"{stage}{_COMMANDS_FILE}")
@@ -81,13 +131,15 @@ class Context:
   @functools.cached_property
   def world(self) -> dict:
     """The world's metadata (world.json), read once per stage."""
-    return world_writer.load_metadata(self.path("world"))
+    return world_writer.load_metadata(self.world_dir)
 
   @property
   def seed_flag(self) -> str:
-    """`--seed` for every training run: the world's seed, so that the same
-    configs give the same models and numbers on the same machine."""
-    return f"--seed={self.world['config']['seed']}"
+    """`--seed` for every training run of a per-seed stage: its training seed,
+    so that the same configs give the same models and numbers on the same machine."""
+    if self.seed is None:
+      raise ValueError(f"stage {self.stage!r} has no training seed")
+    return f"--seed={self.seed}"
 
 
 def run_binaries(runs: dict[str, list[str]], jobs: int = 1, commands_file: str = "") -> None:
@@ -138,7 +190,7 @@ def _params_override(ctx: Context, experiment: str, *overrides: dict) -> str:
 
 def _evaluate(ctx: Context, export_dirs: dict[str, str]) -> dict:
   """teachers.evaluate on every export at once -> {name: {task: metrics}}."""
-  ctx.run({"evaluate": ["teachers.evaluate", f"--world_dir={ctx.path('world')}",
+  ctx.run({"evaluate": ["teachers.evaluate", f"--world_dir={ctx.world_dir}",
                         f"--teacher_dirs={','.join(export_dirs.values())}"]})
   metrics = {}
   for name, path in export_dirs.items():
@@ -147,9 +199,18 @@ def _evaluate(ctx: Context, export_dirs: dict[str, str]) -> dict:
   return metrics
 
 
+def _training_summary(ctx: Context, model_dirs: list[str]) -> dict:
+  """What a stage's training runs (one per model dir, `--jobs` at a time) cost:
+  `train_step_seconds`, the sum of their `train_timing.json` step seconds, and
+  `parallel_slots`, how many ran at once (min(jobs, runs))."""
+  return {"train_step_seconds": round(sum(training.read_train_timing(d)["step_seconds"]
+                                          for d in model_dirs), 3),
+          "parallel_slots": max(1, min(ctx.jobs, len(model_dirs)))}
+
+
 def _run_world(ctx: Context) -> dict:
   ctx.run({"world": ["must.world.generate", f"--config_file={ctx.config_dir}/world.yaml",
-                     f"--output_dir={ctx.path('world')}"]})
+                     f"--output_dir={ctx.world_dir}"]})
   world = ctx.world
   return {"config": world["config"], "scenes": world["scenes"],
           "scenes_per_second": world["scenes_per_second"]}
@@ -171,13 +232,14 @@ def _run_teachers(ctx: Context) -> dict:
         _params_override(ctx, experiment, data, override)]
     exports[f"{task} teacher"] = [
         "teachers.export", f"--model_dir={model_dir}", f"--export_dir={export_dirs[task]}",
-        f"--world_dir={ctx.path('world')}"]
+        f"--world_dir={ctx.world_dir}"]
   ctx.run(trains, parallel=True)
   ctx.run(exports, parallel=True)
   metrics = {}
   for task_metrics in _evaluate(ctx, export_dirs).values():
     metrics.update(task_metrics)
-  return {"metrics": metrics, "exports": export_dirs}
+  model_dirs = [os.path.dirname(path) for path in export_dirs.values()]
+  return {"metrics": metrics, "exports": export_dirs, **_training_summary(ctx, model_dirs)}
 
 
 def _run_pseudo_label(ctx: Context) -> dict:
@@ -220,15 +282,18 @@ def _student_training(ctx: Context, model_dir: str, tasks: list[str], train_spli
           _params_override(ctx, student_config.EXPERIMENT, inputs, *overrides)]
 
 
-def _train_on_pseudo_labels(ctx: Context, runs: dict[str, tuple[str, list[str]]]) -> dict:
+def _train_on_pseudo_labels(ctx: Context, runs: dict[str, tuple[str, list[str]]]
+                            ) -> tuple[dict, dict]:
   """Trains students (name -> (model dir, tasks)) on the pseudo labels with the
   schedule of student.yaml, each scored at the end on the held-out eval split
-  by its tasks' metrics (the ones teachers.evaluate uses) -> {name: metrics}."""
+  by its tasks' metrics (the ones teachers.evaluate uses) -> ({name: metrics},
+  the runs' `_training_summary`)."""
   override = ctx.config("student.yaml")
   ctx.run({name: _student_training(ctx, model_dir, tasks, None, "eval", "train_and_post_eval",
                                    override)
            for name, (model_dir, tasks) in runs.items()}, parallel=True)
-  return {name: _eval_metrics(model_dir) for name, (model_dir, _) in runs.items()}
+  return ({name: _eval_metrics(model_dir) for name, (model_dir, _) in runs.items()},
+          _training_summary(ctx, [model_dir for model_dir, _ in runs.values()]))
 
 
 def _run_student(ctx: Context) -> dict:
@@ -237,10 +302,10 @@ def _run_student(ctx: Context) -> dict:
   model_dir = ctx.path("student")
   export_dir = os.path.join(model_dir, "export")
   tasks = list(ctx.summary("teachers")["exports"])
-  metrics = _train_on_pseudo_labels(ctx, {"MuST student": (model_dir, tasks)})["MuST student"]
+  metrics, timing = _train_on_pseudo_labels(ctx, {"MuST student": (model_dir, tasks)})
   ctx.run({"MuST student": ["must.student.export", f"--model_dir={model_dir}",
-                            f"--export_dir={export_dir}", f"--world_dir={ctx.path('world')}"]})
-  return {"metrics": metrics, "export": export_dir}
+                            f"--export_dir={export_dir}", f"--world_dir={ctx.world_dir}"]})
+  return {"metrics": metrics["MuST student"], "export": export_dir, **timing}
 
 
 def _run_baselines(ctx: Context) -> dict:
@@ -250,9 +315,9 @@ def _run_baselines(ctx: Context) -> dict:
   student's (`student.yaml`), so each baseline sees as many steps as MuST.
   """
   tasks = ctx.config("baselines.yaml").get("tasks") or []
-  metrics = _train_on_pseudo_labels(
+  metrics, timing = _train_on_pseudo_labels(
       ctx, {task: (ctx.path("baselines", task), [task]) for task in tasks})
-  return {"metrics": {task: metrics[task][task] for task in tasks}}
+  return {"metrics": {task: metrics[task][task] for task in tasks}, **timing}
 
 
 def _saved_model_config(model_dir: str) -> dict:
@@ -305,46 +370,73 @@ def _run_transfer(ctx: Context) -> dict:
   results = {}
   for (task, init), run_dir in run_dirs.items():
     results.setdefault(init, {})[task] = _eval_metrics(run_dir)[task]
-  return {"metrics": results, "skipped": skipped}
+  return {"metrics": results, "skipped": skipped,
+          **_training_summary(ctx, list(run_dirs.values()))}
 
 
 def _run_report(ctx: Context) -> dict:
-  """report.md: teachers vs student, a figure, a pseudo-label sheet, timings."""
+  """report.md over every training seed: teachers vs student, transfer, a
+  figure, a pseudo-label sheet (the first seed's), timings, commands.sh."""
   report_dir = ctx.path("report")
+  os.makedirs(report_dir, exist_ok=True)
+  by_seed = {seed: ctx.for_seed(seed) for seed in ctx.seeds}
+  first = by_seed[ctx.seeds[0]]
   ctx.run({"inspect_labels": [
       "beam_pipelines.inspect_labels", "--runner=DirectRunner",
-      f"--input_pattern={ctx.summary('pseudo_label')['shards']}",
+      f"--input_pattern={first.summary('pseudo_label')['shards']}",
       f"--output_dir={os.path.join(report_dir, 'pseudo_labels')}", "--num_images=8"]})
-  timings = {stage: ctx.summary(stage).get("seconds") for stage, _ in STAGES[:-1]}
+  summaries = {seed: {stage: seed_ctx.summary(stage) for stage, _ in SEED_STAGES}
+               for seed, seed_ctx in by_seed.items()}
+  timings = [{"stage": "world", **_timing(ctx.summary("world"))}]
+  for stage, _ in SEED_STAGES:
+    timings += [{"stage": stage, **_timing(summaries[seed][stage])} for seed in ctx.seeds]
   with open(os.path.join(report_dir, report.COMMANDS_FILE), "w") as f:
     f.write(f"# Every binary the demo ran, stage by stage (from {ctx.output_dir}).\n")
-    for stage, _ in STAGES:
-      if os.path.exists(ctx.commands_file(stage)):
-        with open(ctx.commands_file(stage)) as stage_commands:
-          f.write(f"\n# {stage}\n{stage_commands.read()}")
-  transfer = ctx.summary("transfer")
-  with open(ctx.path("pseudo_label", "summary.json")) as f:
-    pseudo_labels = json.load(f)["tasks"]
-  text = report.write(report_dir, ctx.summary("teachers")["metrics"],
-                      ctx.summary("student")["metrics"], timings,
-                      baselines=ctx.summary("baselines")["metrics"],
-                      transfer=transfer["metrics"], transfer_skipped=transfer["skipped"],
-                      reproduce=f"python -m must.demo --config_dir={ctx.config_dir} "
-                                f"--output_dir={ctx.output_dir}",
-                      pseudo_labels=pseudo_labels)
+    stages = [("world", ctx)] + [(f"seed_{seed}/{stage}", seed_ctx) for seed, seed_ctx
+                                 in by_seed.items() for stage, _ in SEED_STAGES]
+    for name, stage_ctx in stages + [("report", ctx)]:
+      path = stage_ctx.commands_file(name.rpartition("/")[2])
+      if os.path.exists(path):
+        with open(path) as stage_commands:
+          f.write(f"\n# {name}\n{stage_commands.read()}")
+  pseudo_labels = {}
+  for seed, seed_ctx in by_seed.items():
+    with open(seed_ctx.path("pseudo_label", "summary.json")) as f:
+      pseudo_labels[seed] = json.load(f)["tasks"]
+  skipped = {}
+  for seed in ctx.seeds:
+    skipped.update(summaries[seed]["transfer"]["skipped"])
+  text = report.write(
+      report_dir,
+      {seed: summaries[seed]["teachers"]["metrics"] for seed in ctx.seeds},
+      {seed: summaries[seed]["student"]["metrics"] for seed in ctx.seeds}, timings,
+      baselines={seed: summaries[seed]["baselines"]["metrics"] for seed in ctx.seeds},
+      transfer={seed: summaries[seed]["transfer"]["metrics"] for seed in ctx.seeds},
+      transfer_skipped=skipped,
+      reproduce=f"python -m must.demo --config_dir={ctx.config_dir} "
+                f"--output_dir={ctx.output_dir} --seeds={','.join(map(str, ctx.seeds))}",
+      pseudo_labels=pseudo_labels)
   print(text)
-  return {"report": os.path.join(report_dir, report.REPORT_FILE)}
+  return {"report": os.path.join(report_dir, report.REPORT_FILE), "seeds": list(ctx.seeds)}
 
 
-STAGES: list[tuple[str, Callable[[Context], dict]]] = [
-    ("world", _run_world),
+def _timing(summary: dict) -> dict:
+  """A done file's wall seconds, training-step seconds and parallel slots."""
+  return {"seconds": summary.get("seconds"),
+          "train_step_seconds": summary.get("train_step_seconds"),
+          "parallel_slots": summary.get("parallel_slots", 1)}
+
+
+# The stages that run once per training seed, in order, between world and report.
+SEED_STAGES: list[tuple[str, Callable[[Context], dict]]] = [
     ("teachers", _run_teachers),
     ("pseudo_label", _run_pseudo_label),
     ("student", _run_student),
     ("baselines", _run_baselines),
     ("transfer", _run_transfer),
-    ("report", _run_report),
 ]
+STAGES: list[tuple[str, Callable[[Context], dict]]] = [
+    ("world", _run_world), *SEED_STAGES, ("report", _run_report)]
 
 
 def check_configs(config_dir: str) -> None:
@@ -409,31 +501,78 @@ def _config_digest(config_dir: str, stage: str, upstream: str) -> str:
   return digest.hexdigest()
 
 
-def run(config_dir: str, output_dir: str, force: bool = False, jobs: int = 1) -> dict[str, dict]:
-  """Checks every stage config, then runs the stages in order; returns
-  per-stage status and timing."""
+def world_seed(config_dir: str) -> int:
+  """The seed in the config dir's world.yaml (the default training seed)."""
+  return configs.load(world_writer.WorldConfig(), os.path.join(config_dir, "world.yaml")).seed
+
+
+def _run_stage(ctx: Context, runner: Callable[[Context], dict], digest: str,
+               force: bool) -> dict:
+  """Runs one stage (for one seed) unless its done file has `digest`.
+
+  A stage that runs starts from an empty `<root>/<stage>/` folder, except when
+  a run with the same digest stopped part-way (its started file is there and
+  `force` is off): then its training runs resume from their checkpoints.
+  """
+  done_file = ctx.path(f"{ctx.stage}{_DONE_FILE}")
+  started_file = ctx.path(f"{ctx.stage}{_STARTED_FILE}")
+  if not force and os.path.exists(done_file):
+    with open(done_file) as f:
+      if json.load(f).get("config_digest") == digest:
+        return {"status": "skipped (complete, config unchanged)"}
+  label = ctx.stage if ctx.seed is None else f"{ctx.stage} (seed {ctx.seed})"
+  print(f"== stage {label} ==", flush=True)
+  resume = False
+  if not force and os.path.exists(started_file):
+    with open(started_file) as f:
+      resume = json.load(f).get("config_digest") == digest
+  if not resume and os.path.exists(ctx.path(ctx.stage)):
+    shutil.rmtree(ctx.path(ctx.stage))  # stale: another config, or --force
+  for stale in (done_file, ctx.commands_file(ctx.stage)):
+    if os.path.exists(stale):
+      os.remove(stale)
+  os.makedirs(ctx.root, exist_ok=True)
+  with open(started_file, "w") as f:
+    json.dump({"config_digest": digest}, f)
+  start = time.perf_counter()
+  summary = runner(ctx)
+  seconds = round(time.perf_counter() - start, 1)
+  with open(done_file, "w") as f:
+    json.dump({"config_digest": digest, "seconds": seconds, "seed": ctx.seed, **summary}, f,
+              indent=2)
+  os.remove(started_file)
+  return {"status": "ran", "seconds": seconds}
+
+
+def run(config_dir: str, output_dir: str, force: bool = False, jobs: int = 1,
+        seeds: list[int] | None = None) -> dict[str, dict]:
+  """Checks every stage config, then runs the stages in order: the world once,
+  the per-seed stages for each training seed (default: the world's seed), the
+  report over all of them.
+
+  Returns:
+    Status and timing by stage: "world", "seed_<s>/<stage>", "report".
+  """
   check_configs(config_dir)
+  seeds = tuple(int(seed) for seed in seeds) if seeds else (world_seed(config_dir),)
+  if len(set(seeds)) != len(seeds):
+    raise configs.ConfigError(f"--seeds lists a seed twice: {list(seeds)}")
   os.makedirs(output_dir, exist_ok=True)
+  base = Context(config_dir, output_dir, jobs, seeds=seeds)
   results = {}
-  digest = ""
-  for stage, runner in STAGES:
-    ctx = Context(config_dir, output_dir, jobs, stage)
-    done_file = ctx.path(f"{stage}{_DONE_FILE}")
-    digest = _config_digest(config_dir, stage, digest)
-    if not force and os.path.exists(done_file):
-      with open(done_file) as f:
-        if json.load(f).get("config_digest") == digest:
-          results[stage] = {"status": "skipped (complete, config unchanged)"}
-          continue
-    print(f"== stage {stage} ==", flush=True)
-    if os.path.exists(ctx.commands_file(stage)):
-      os.remove(ctx.commands_file(stage))
-    start = time.perf_counter()
-    summary = runner(ctx)
-    seconds = round(time.perf_counter() - start, 1)
-    with open(done_file, "w") as f:
-      json.dump({"config_digest": digest, "seconds": seconds, **summary}, f, indent=2)
-    results[stage] = {"status": "ran", "seconds": seconds}
+  world_digest = _config_digest(config_dir, "world", "")
+  results["world"] = _run_stage(dataclasses.replace(base, stage="world"), _run_world,
+                                world_digest, force)
+  upstream = world_digest
+  for seed in seeds:
+    digest = world_digest
+    for stage, runner in SEED_STAGES:
+      digest = _config_digest(config_dir, stage, digest)
+      results[f"seed_{seed}/{stage}"] = _run_stage(
+          dataclasses.replace(base, stage=stage, seed=seed), runner, digest, force)
+    upstream += f"seed_{seed}:{digest}"
+  results["report"] = _run_stage(dataclasses.replace(base, stage="report"), _run_report,
+                                 _config_digest(config_dir, "report", upstream), force)
   return results
 
 
@@ -441,13 +580,17 @@ def main(argv):
   del argv
   start = time.perf_counter()
   try:
-    results = run(_CONFIG_DIR.value, _OUTPUT_DIR.value, _FORCE.value, _JOBS.value)
+    seeds = [int(seed) for seed in _SEEDS.value] if _SEEDS.value else None
+  except ValueError:
+    sys.exit(f"must.demo: --seeds must be integers separated by commas, got {_SEEDS.value}")
+  try:
+    results = run(_CONFIG_DIR.value, _OUTPUT_DIR.value, _FORCE.value, _JOBS.value, seeds)
   except configs.ConfigError as e:
     sys.exit(f"must.demo: {e}")
-  print(f"\n{'stage':<14}{'status':<40}{'seconds':>8}")
+  print(f"\n{'stage':<24}{'status':<40}{'seconds':>8}")
   for stage, result in results.items():
-    print(f"{stage:<14}{result['status']:<40}{result.get('seconds', ''):>8}")
-  print(f"{'total':<54}{time.perf_counter() - start:>8.1f}")
+    print(f"{stage:<24}{result['status']:<40}{result.get('seconds', ''):>8}")
+  print(f"{'total':<64}{time.perf_counter() - start:>8.1f}")
   print(f"Report: {os.path.join(_OUTPUT_DIR.value, 'report', report.REPORT_FILE)}")
 
 

@@ -1,10 +1,19 @@
-"""The demo's report: teachers against the MuST student, as a table and a figure.
+"""The demo's report: teachers against the MuST student, as tables and a figure.
 
 `write` puts `report.md` and `metrics.png` in the report folder. Every number
 comes from the stages' own evaluation files; nothing is typed in.
+
+Every study can run under several training seeds. Each number in a table is
+then the mean over the seeds ± half the range between the lowest and the
+highest seed (with one seed, just the value), and each of the paper's claims
+gets one of three verdicts (`verdict`): it holds when it holds for the means
+and for every seed, it does not hold when it fails for the means and for every
+seed, and it is undecided otherwise (the report then lists the per-seed
+values).
 """
+import math
 import os
-from typing import Mapping
+from typing import Iterable, Mapping, Sequence
 
 import matplotlib
 
@@ -22,81 +31,222 @@ TRANSFER_CLAIM_TASK = "surface_normals"  # no teacher taught it
 TRANSFER_CLAIM_RIVALS = ("scratch", "classification teacher")
 LOWER_IS_BETTER = ("mean_angle", "abs_rel")
 
+HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
+SPREAD = "half the range between the lowest and the highest seed"
+
 Metrics = Mapping[str, Mapping[str, float]]  # task -> metric name -> value
+Seeded = Mapping  # training seed -> what that seed's run gave (Metrics, ...)
 
 
-def comparison_rows(teachers: Metrics, student: Metrics,
-                    baselines: Metrics | None = None) -> list[dict]:
-  """One row per task teacher and student were scored on: the primary metric of
-  the teacher, the MuST student and the single-task student (None if not run),
-  the student/teacher ratio and whether the claim holds."""
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
+  """The mean of `values` and their spread: half of max - min (nan if any is)."""
+  values = [float(v) for v in values]
+  if not values or any(math.isnan(v) for v in values):
+    return float("nan"), float("nan")
+  return sum(values) / len(values), (max(values) - min(values)) / 2
+
+
+def format_stat(values: Sequence[float], digits: int = 3) -> str:
+  """'0.612 ± 0.021' over several seeds (mean ± half the range), '0.612' for one."""
+  values = [float(v) for v in values]
+  mean, spread = mean_and_spread(values)
+  if len(values) == 1:
+    return f"{mean:.{digits}f}"
+  return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
+def verdict(holds_for_mean: bool, holds_per_seed: Sequence[bool]) -> str:
+  """HOLDS if the claim holds for the mean and for every seed, FAILS if it fails
+  for the mean and for every seed, UNDECIDED otherwise."""
+  if holds_for_mean and all(holds_per_seed):
+    return HOLDS
+  if not holds_for_mean and not any(holds_per_seed):
+    return FAILS
+  return UNDECIDED
+
+
+def _mean(values: Sequence[float]) -> float:
+  return mean_and_spread(values)[0]
+
+
+def _ratio(student: float, teacher: float) -> float:
+  return student / teacher if teacher else float("nan")
+
+
+def comparison_rows(teachers: Seeded, student: Seeded, baselines: Seeded | None = None
+                    ) -> list[dict]:
+  """One row per task every seed's teacher and student were scored on.
+
+  Args:
+    teachers, student, baselines: seed -> task -> metrics (baselines: the
+      single-task students; optional, or missing for some tasks).
+
+  Returns:
+    Rows of per-seed lists (in seed order) of the primary metric of the
+    teacher, the MuST student and the single-task student (None where not
+    run), the student/teacher ratio, and the claim's verdict: the student
+    reaches CLAIM_RATIO of the teacher for the means (mean student / mean
+    teacher) and for each seed.
+  """
+  seeds = [seed for seed in teachers if seed in student]
+  if not seeds:
+    return []
+  common = set.intersection(*(set(teachers[s]) & set(student[s]) for s in seeds))
   rows = []
-  for task in sorted(set(teachers) & set(student)):
+  for task in sorted(common):
     metric = tasks.get(task).primary_metric
-    teacher, pupil = teachers[task].get(metric), student[task].get(metric)
-    single = (baselines or {}).get(task, {}).get(metric)
-    ratio = pupil / teacher if teacher else float("nan")
-    rows.append({"task": task, "metric": metric, "teacher": teacher, "student": pupil,
-                 "single_task": single, "ratio": ratio, "holds": ratio >= CLAIM_RATIO})
+    teacher = [teachers[s][task][metric] for s in seeds]
+    pupil = [student[s][task][metric] for s in seeds]
+    singles = [((baselines or {}).get(s) or {}).get(task, {}).get(metric) for s in seeds]
+    ratios = [_ratio(p, t) for p, t in zip(pupil, teacher)]
+    per_seed = [r >= CLAIM_RATIO for r in ratios]
+    for_mean = _ratio(_mean(pupil), _mean(teacher)) >= CLAIM_RATIO
+    rows.append({"task": task, "metric": metric, "seeds": seeds, "teacher": teacher,
+                 "student": pupil,
+                 "single_task": singles if all(v is not None for v in singles) else None,
+                 "ratio": ratios, "holds_per_seed": per_seed, "holds_for_mean": for_mean,
+                 "verdict": verdict(for_mean, per_seed)})
   return rows
 
 
 def comparison_table(rows: list[dict]) -> str:
-  """Markdown: the best model per task in bold."""
+  """Markdown: the best model per task (by mean) in bold."""
   lines = ["| task | metric | teacher | MuST student | single-task student | "
-           "MuST / teacher | >= 0.9 of teacher |", "|---|---|---|---|---|---|---|"]
+           f"MuST / teacher | >= {CLAIM_RATIO} of teacher |", "|---|---|---|---|---|---|---|"]
   for row in rows:
     values = [row["teacher"], row["student"], row["single_task"]]
-    best = max(v for v in values if v is not None)
-    cells = ["" if v is None else f"**{v:.3f}**" if v == best else f"{v:.3f}" for v in values]
+    best = max(_mean(v) for v in values if v is not None)
+    cells = ["" if v is None else f"**{format_stat(v)}**" if _mean(v) == best
+             else format_stat(v) for v in values]
     lines.append(f"| {row['task']} | {row['metric']} | " + " | ".join(cells) +
-                 f" | {row['ratio']:.2f} | {'holds' if row['holds'] else 'does not hold'} |")
+                 f" | {format_stat(row['ratio'], 2)} | {row['verdict']} |")
   return "\n".join(lines)
 
 
-def transfer_table(transfer: Mapping[str, Metrics]) -> str:
-  """Markdown: rows are initializations, columns each task's metrics; best in bold.
+def undecided_details(rows: list[dict]) -> str:
+  """Markdown bullets: the per-seed numbers of each undecided student claim."""
+  lines = []
+  for row in rows:
+    if row["verdict"] == UNDECIDED:
+      per_seed = "; ".join(
+          f"seed {seed}: {ratio:.2f} ({pupil:.3f} / {teacher:.3f})"
+          for seed, ratio, pupil, teacher in zip(row["seeds"], row["ratio"], row["student"],
+                                                 row["teacher"]))
+      lines.append(f"- {row['task']} is undecided; MuST / teacher per seed: {per_seed}.")
+  return "\n".join(lines)
+
+
+def _transfer_values(transfer: Seeded) -> dict[tuple[str, str, str], list[float]]:
+  """(initialization, task, metric) -> values over the seeds that have it."""
+  values = {}
+  for by_init in transfer.values():
+    for init, by_task in by_init.items():
+      for task, metrics in by_task.items():
+        for name, value in metrics.items():
+          if name != "images":
+            values.setdefault((init, task, name), []).append(value)
+  return values
+
+
+def transfer_table(transfer: Seeded) -> str:
+  """Markdown: rows are initializations, columns each task's metrics (mean and
+  spread over the seeds); best mean in bold.
 
   The best value is the highest, except for angles and errors (lowest).
   """
-  columns = sorted({(task, name) for by_task in transfer.values()
-                    for task, values in by_task.items() for name in values
-                    if name != "images"})
+  values = _transfer_values(transfer)
+  inits = list(dict.fromkeys(init for by_init in transfer.values() for init in by_init))
+  columns = sorted({(task, name) for _, task, name in values})
   best = {}
   for task, name in columns:
-    values = [by_task[task][name] for by_task in transfer.values() if name in by_task.get(task, {})]
-    best[task, name] = min(values) if name in LOWER_IS_BETTER else max(values)
+    means = [_mean(v) for (_, t, n), v in values.items() if (t, n) == (task, name)]
+    best[task, name] = min(means) if name in LOWER_IS_BETTER else max(means)
   lines = ["| initialization | " + " | ".join(f"{t} {n}" for t, n in columns) + " |",
            "|---" * (len(columns) + 1) + "|"]
-  for init, by_task in transfer.items():
+  for init in inits:
     cells = []
     for task, name in columns:
-      value = by_task.get(task, {}).get(name)
-      cells.append("" if value is None else
-                   f"**{value:.3f}**" if value == best[task, name] else f"{value:.3f}")
+      value = values.get((init, task, name))
+      cells.append("" if value is None else f"**{format_stat(value)}**"
+                   if _mean(value) == best[task, name] else format_stat(value))
     lines.append(f"| {init} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
-def transfer_claim(transfer: Mapping[str, Metrics] | None) -> str:
-  """Whether the MuST backbone transfers better than scratch and than the
-  classification teacher on surface normals (primary metric), as a sentence."""
+def transfer_verdicts(transfer: Seeded | None) -> list[dict] | None:
+  """Whether the MuST backbone transfers better than each rival on surface
+  normals (primary metric): for the means and for every seed.
+
+  Returns:
+    None when the MuST student was not fine-tuned on the task; else one dict
+    per rival: {"rival", "seeds", "must", "values" (the rival's, per seed),
+    "verdict"}, with "values" None and "verdict" None when the rival did not run.
+  """
   metric = tasks.get(TRANSFER_CLAIM_TASK).primary_metric
-  scores = {init: by_task[TRANSFER_CLAIM_TASK][metric] for init, by_task in (transfer or {}).items()
-            if metric in by_task.get(TRANSFER_CLAIM_TASK, {})}
-  if "MuST student" not in scores:
-    return f"The MuST student was not fine-tuned on {TRANSFER_CLAIM_TASK}; the claim is untested."
-  must = scores["MuST student"]
-  verdicts = []
+
+  def scores(init: str) -> dict:
+    return {seed: by_init[init][TRANSFER_CLAIM_TASK][metric]
+            for seed, by_init in (transfer or {}).items()
+            if metric in by_init.get(init, {}).get(TRANSFER_CLAIM_TASK, {})}
+
+  must = scores("MuST student")
+  if not must:
+    return None
+  claims = []
   for rival in TRANSFER_CLAIM_RIVALS:
-    if rival not in scores:
-      verdicts.append(f"{rival}: not run")
-    else:
-      better = must > scores[rival]
-      verdicts.append(f"{rival} ({scores[rival]:.3f}): "
-                      f"{'holds' if better else 'does not hold'}")
+    theirs = scores(rival)
+    seeds = [seed for seed in must if seed in theirs]
+    if not seeds:
+      claims.append({"rival": rival, "seeds": [], "must": list(must.values()), "values": None,
+                     "verdict": None})
+      continue
+    ours, rivals = [must[s] for s in seeds], [theirs[s] for s in seeds]
+    claims.append({"rival": rival, "seeds": seeds, "must": ours, "values": rivals,
+                   "verdict": verdict(_mean(ours) > _mean(rivals),
+                                      [a > b for a, b in zip(ours, rivals)])})
+  return claims
+
+
+def transfer_claim(transfer: Seeded | None) -> str:
+  """Whether the MuST backbone transfers better than scratch and than the
+  classification teacher on surface normals (primary metric), as a sentence;
+  an undecided rival comes with the per-seed values."""
+  metric = tasks.get(TRANSFER_CLAIM_TASK).primary_metric
+  claims = transfer_verdicts(transfer)
+  if claims is None:
+    return f"The MuST student was not fine-tuned on {TRANSFER_CLAIM_TASK}; the claim is untested."
+  parts = []
+  for claim in claims:
+    if claim["verdict"] is None:
+      parts.append(f"{claim['rival']}: not run")
+      continue
+    part = f"{claim['rival']} ({format_stat(claim['values'])}): {claim['verdict']}"
+    if claim["verdict"] == UNDECIDED:
+      part += " (per seed, MuST vs " + claim["rival"] + ": " + ", ".join(
+          f"seed {s} {a:.3f} vs {b:.3f}"
+          for s, a, b in zip(claim["seeds"], claim["must"], claim["values"])) + ")"
+    parts.append(part)
   return (f"The paper's claim that the MuST backbone transfers better, on "
-          f"{TRANSFER_CLAIM_TASK} {metric} (MuST {must:.3f}), than: " + "; ".join(verdicts) + ".")
+          f"{TRANSFER_CLAIM_TASK} {metric} (MuST {format_stat(claims[0]['must'])}), than: " +
+          "; ".join(parts) + ".")
+
+
+def claims_sentence(rows: list[dict], transfer: Seeded | None, seeds: Sequence) -> str:
+  """One sentence: which of the paper's claims hold, which do not, which are
+  undecided, over how many seeds."""
+  buckets = {HOLDS: [], FAILS: [], UNDECIDED: []}
+  for row in rows:
+    buckets[row["verdict"]].append(f"student >= {CLAIM_RATIO} of teacher on {row['task']}")
+  for claim in transfer_verdicts(transfer) or []:
+    if claim["verdict"] is not None:
+      buckets[claim["verdict"]].append(
+          f"MuST backbone beats {claim['rival']} on {TRANSFER_CLAIM_TASK}")
+  seeds = list(seeds)
+  over = (f"Over {len(seeds)} training seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1
+          else f"With one training seed ({seeds[0]})" if seeds else "With no seed")
+  return (f"{over}, the paper's claims that hold: {', '.join(buckets[HOLDS]) or 'none'}; "
+          f"that do not hold: {', '.join(buckets[FAILS]) or 'none'}; "
+          f"undecided: {', '.join(buckets[UNDECIDED]) or 'none'}.")
 
 
 def pseudo_label_summary(task_stats: Mapping[str, Mapping]) -> str:
@@ -118,74 +268,180 @@ def pseudo_label_summary(task_stats: Mapping[str, Mapping]) -> str:
   return "\n".join(lines)
 
 
-def _figure(rows: list[dict], transfer: Mapping[str, Metrics] | None, path: str) -> None:
+def timing_rows(records: Iterable[Mapping]) -> list[dict]:
+  """Per-stage timings summed over runs (seeds), then a total row.
+
+  Args:
+    records: one per stage run: {"stage", "seconds" (wall), and for stages
+      that train "train_step_seconds" (summed over their training runs) and
+      "parallel_slots" (training runs at once: min(--jobs, runs))}; a stage
+      that does not train counts one slot.
+
+  Returns:
+    {"stage", "seconds", "slots" (the distinct slot counts), "step_seconds"
+    (None for stages that do not train), "share"}: share = step seconds /
+    (wall seconds x slots), summed over the stage's records; the total row's
+    share is total step seconds / sum over every record of wall x slots.
+  """
+  stages: dict[str, dict] = {}
+  for record in records:
+    row = stages.setdefault(record["stage"], {"stage": record["stage"], "seconds": 0.0,
+                                              "slots": [], "step_seconds": None,
+                                              "slot_seconds": 0.0})
+    slots = int(record.get("parallel_slots") or 1)
+    seconds = float(record.get("seconds") or 0.0)
+    row["seconds"] += seconds
+    row["slot_seconds"] += seconds * slots
+    if slots not in row["slots"]:
+      row["slots"].append(slots)
+    if record.get("train_step_seconds") is not None:
+      row["step_seconds"] = (row["step_seconds"] or 0.0) + float(record["train_step_seconds"])
+  rows = list(stages.values())
+  total = {"stage": "total", "seconds": sum(r["seconds"] for r in rows), "slots": [],
+           "step_seconds": sum(r["step_seconds"] or 0.0 for r in rows),
+           "slot_seconds": sum(r["slot_seconds"] for r in rows)}
+  for row in rows + [total]:
+    row["share"] = (row["step_seconds"] / row["slot_seconds"]
+                    if row["step_seconds"] is not None and row["slot_seconds"] else None)
+  return rows + [total]
+
+
+def timings_table(records: Iterable[Mapping]) -> str:
+  """Markdown of `timing_rows`, with the share's definition under it."""
+  lines = ["| stage | wall seconds | parallel slots | training-step seconds | "
+           "share of wall time in training steps |", "|---|---|---|---|---|"]
+  for row in timing_rows(records):
+    step = "" if row["step_seconds"] is None else f"{row['step_seconds']:.1f}"
+    share = "" if row["share"] is None else f"{100 * row['share']:.0f} %"
+    stage = "**total**" if row["stage"] == "total" else row["stage"]
+    lines.append(f"| {stage} | {row['seconds']:.1f} | {', '.join(map(str, row['slots']))} | "
+                 f"{step} | {share} |")
+  lines.append("")
+  lines.append("Share = training-step seconds (inside the training loops, from each run's "
+               "`train_timing.json`) / (wall seconds x parallel slots, i.e. training runs at "
+               "once: min(--jobs, runs), 1 for a stage that does not train); the total row "
+               "divides all training-step seconds by the sum of wall x slots over the stages.")
+  return "\n".join(lines)
+
+
+def _bar_stats(values: Sequence[float]) -> tuple[float, tuple[float, float]]:
+  """The mean and its (below, above) distances to the min and max."""
+  mean = _mean(values)
+  return mean, (max(0.0, mean - min(values)), max(0.0, max(values) - mean))  # rounding
+
+
+def _bars(axis, positions, series: list[Sequence[float]], width, label, **kwargs) -> None:
+  """Bars at the means; min–max error bars when there is more than one seed."""
+  stats = [_bar_stats(v) for v in series]
+  error = None
+  if any(len(v) > 1 for v in series):
+    error = [[below for _, (below, _) in stats], [above for _, (_, above) in stats]]
+  axis.bar(positions, [mean for mean, _ in stats], width, yerr=error, capsize=3, label=label,
+           **kwargs)
+
+
+def _figure(rows: list[dict], transfer: Seeded | None, path: str) -> None:
   """Left: teachers vs students per task. Right: each transfer task's primary
-  metric per initialization."""
-  transfer_tasks = sorted({task for by_task in (transfer or {}).values() for task in by_task})
+  metric per initialization. Means over the seeds, min–max error bars."""
+  values = _transfer_values(transfer or {})
+  transfer_tasks = sorted({task for _, task, _ in values})
+  inits = list(dict.fromkeys(init for init, _, _ in values))
   figure, axes = plt.subplots(1, 2 if transfer_tasks else 1, squeeze=False,
-                              figsize=(1.6 + 1.4 * len(rows) + 4.5 * bool(transfer_tasks), 3.4))
+                              figsize=(1.6 + 1.4 * len(rows) + 4.5 * bool(transfer_tasks), 3.6))
   axis = axes[0][0]
   x = range(len(rows))
-  axis.bar([i - 0.2 for i in x], [r["teacher"] for r in rows], 0.4, label="teacher")
-  axis.bar([i + 0.2 for i in x], [r["student"] for r in rows], 0.4, label="MuST student")
+  _bars(axis, [i - 0.2 for i in x], [r["teacher"] for r in rows], 0.4, "teacher")
+  _bars(axis, [i + 0.2 for i in x], [r["student"] for r in rows], 0.4, "MuST student")
   singles = [(i, r["single_task"]) for i, r in zip(x, rows) if r["single_task"] is not None]
   if singles:
-    axis.scatter([i + 0.2 for i, _ in singles], [v for _, v in singles], color="black",
+    axis.scatter([i + 0.2 for i, _ in singles], [_mean(v) for _, v in singles], color="black",
                  marker="_", s=300, label="single-task student", zorder=3)
   axis.set_xticks(list(x), [f"{r['task']}\n{r['metric']}" for r in rows], fontsize=8)
   axis.set_ylim(0, 1)
   axis.legend(fontsize=8)
-  axis.set_title("Held-out ground truth: teachers, MuST student, single-task students",
+  seeds = len(rows[0]["seeds"]) if rows else 1
+  over = f"\n(mean of {seeds} seeds, bars span min to max)" if seeds > 1 else ""
+  axis.set_title("Held-out ground truth: teachers, MuST student, single-task students" + over,
                  fontsize=9)
   if transfer_tasks:
     axis = axes[0][1]
-    inits = list(transfer)
     width = 0.8 / len(inits)
     for i, init in enumerate(inits):
-      values = [transfer[init].get(task, {}).get(tasks.get(task).primary_metric, 0.0)
+      series = [values.get((init, task, tasks.get(task).primary_metric), [0.0])
                 for task in transfer_tasks]
-      axis.bar([t + (i - (len(inits) - 1) / 2) * width for t in range(len(transfer_tasks))],
-               values, width, label=init)
+      _bars(axis, [t + (i - (len(inits) - 1) / 2) * width for t in range(len(transfer_tasks))],
+            series, width, init)
     axis.set_xticks(range(len(transfer_tasks)),
                     [f"{t}\n{tasks.get(t).primary_metric}" for t in transfer_tasks], fontsize=8)
     axis.set_ylim(0, 1)
     axis.legend(fontsize=7)
-    axis.set_title("Transfer: fine-tuned from each initialization", fontsize=9)
+    axis.set_title("Transfer: fine-tuned from each initialization" + over, fontsize=9)
   figure.tight_layout()
   figure.savefig(path, dpi=120)
   plt.close(figure)
 
 
-def write(report_dir: str, teachers: Metrics, student: Metrics,
-          timings: Mapping[str, float | None], baselines: Metrics | None = None,
-          transfer: Mapping[str, Metrics] | None = None,
+def _every_metric(teachers: Seeded, student: Seeded) -> str:
+  """Markdown bullets: every metric of each teacher and of the student, per task."""
+  def stats(by_seed: Seeded, task: str) -> str:
+    runs = [metrics[task] for metrics in by_seed.values() if task in metrics]
+    if not runs:
+      return "{}"
+    names = [name for name in runs[0] if all(name in run for run in runs)]
+    def number(values):  # counts (whole numbers above 1, e.g. images) without decimals
+      whole = all(float(v).is_integer() and abs(v) > 1 for v in values)
+      return format_stat(values, 0 if whole else 3)
+    return "{" + ", ".join(f"{name}: {number([run[name] for run in runs])}"
+                           for name in names) + "}"
+  tasks_seen = sorted({task for metrics in teachers.values() for task in metrics})
+  return "\n".join(f"- {task}: teacher {stats(teachers, task)}, student {stats(student, task)}"
+                   for task in tasks_seen)
+
+
+def write(report_dir: str, teachers: Seeded, student: Seeded,
+          timings: Iterable[Mapping], baselines: Seeded | None = None,
+          transfer: Seeded | None = None,
           transfer_skipped: Mapping[str, str] | None = None,
           reproduce: str = "make demo",
-          pseudo_labels: Mapping[str, Mapping] | None = None) -> str:
+          pseudo_labels: Seeded | None = None) -> str:
   """Writes report.md and metrics.png; returns the Markdown.
 
   Args:
     report_dir: where to write.
-    teachers: each teacher's metrics on its task.
-    student: the student's metrics per task.
-    timings: stage -> seconds.
-    baselines: single-task students' metrics per task.
-    transfer: initialization -> downstream task -> metrics, when the transfer
-      study ran.
+    teachers: seed -> each teacher's metrics on its task.
+    student: seed -> the student's metrics per task.
+    timings: one record per stage run (see `timing_rows`).
+    baselines: seed -> single-task students' metrics per task.
+    transfer: seed -> initialization -> downstream task -> metrics, when the
+      transfer study ran.
     transfer_skipped: initialization -> why it was left out.
     reproduce: the command that reran this demo; every binary it ran is
       listed in `commands.sh` beside the report.
-    pseudo_labels: per-task label statistics of the pseudo-labeling run.
+    pseudo_labels: seed -> per-task label statistics of the pseudo-labeling run.
   """
   os.makedirs(report_dir, exist_ok=True)
+  seeds = list(teachers)
   rows = comparison_rows(teachers, student, baselines)
   _figure(rows, transfer, os.path.join(report_dir, FIGURE_FILE))
-  held = [r["task"] for r in rows if r["holds"]]
-  missed = [r["task"] for r in rows if not r["holds"]]
-  all_metrics = "\n".join(
-      f"- {task}: teacher {dict(teachers[task])}, student {dict(student.get(task, {}))}"
-      for task in sorted(teachers))
+  by_verdict = {v: [r["task"] for r in rows if r["verdict"] == v] for v in (HOLDS, FAILS,
+                                                                             UNDECIDED)}
+  numbers = (f"Each number is the mean over the {len(seeds)} training seeds ± {SPREAD} (the "
+             f"figure's bars span min to max). A claim holds when it holds for the means and "
+             f"for every seed, does not hold when it fails for the means and for every seed, "
+             f"and is undecided otherwise." if len(seeds) > 1 else
+             "Each number comes from one training seed; with more seeds (`--seeds`) every "
+             "number becomes a mean ± spread and a claim can be undecided.")
+  if pseudo_labels and len(pseudo_labels) > 1:
+    labels = "\n\n".join(f"Seed {seed}'s teachers:\n\n{pseudo_label_summary(stats)}"
+                         for seed, stats in pseudo_labels.items())
+    labels += f"\n\nThe sheet shows seed {next(iter(pseudo_labels))}'s pseudo labels."
+  else:
+    labels = pseudo_label_summary(next(iter((pseudo_labels or {0: {}}).values())))
   text = f"""# MuST on the procedural world
+
+{claims_sentence(rows, transfer, seeds)}
+
+{numbers}
 
 ## Student vs teachers (held-out ground truth)
 
@@ -196,14 +452,17 @@ student recipe and schedule on one task's pseudo labels only.
 {comparison_table(rows)}
 
 The paper's claim that the student reaches at least {CLAIM_RATIO} of each
-teacher's metric holds for: {', '.join(held) or 'no task'}; it does not hold
-for: {', '.join(missed) or 'no task'}.
+teacher's metric holds for: {', '.join(by_verdict[HOLDS]) or 'no task'}; it does not hold
+for: {', '.join(by_verdict[FAILS]) or 'no task'}; it is undecided for:
+{', '.join(by_verdict[UNDECIDED]) or 'no task'}.
+
+{undecided_details(rows)}
 
 ![metrics]({FIGURE_FILE})
 
 Every metric:
 
-{all_metrics}
+{_every_metric(teachers, student)}
 
 ## Transfer: fine-tuning from each initialization (same budget per row)
 
@@ -215,16 +474,15 @@ Every metric:
 
 ## Pseudo labels on corpus images
 
-{pseudo_label_summary(pseudo_labels or {})}
+{labels}
 
 ![pseudo labels]({PSEUDO_LABEL_SHEET})
 
 ## Timings
 
-| stage | seconds |
-|---|---|
-""" + "\n".join(f"| {stage} | {seconds if seconds is not None else ''} |"
-                for stage, seconds in timings.items()) + """
+Wall seconds as recorded when each stage ran, summed over the seeds' runs.
+
+{timings_table(timings)}
 
 ## Reproduce
 

@@ -1,7 +1,9 @@
 """The demo orchestration: runs the stages that exist, skips finished ones."""
 import json
+import os
 import pathlib
 import re
+import shlex
 import shutil
 
 import pytest
@@ -25,8 +27,7 @@ TINY_STUDENT = {
     "trainer": {"train_steps": 2, "steps_per_loop": 1, "checkpoint_interval": 2}}
 
 
-def test_runs_then_skips_then_reruns_on_config_change(tmp_path):
-  config_dir, output_dir = tmp_path / "configs", tmp_path / "out"
+def _tiny_configs(config_dir):
   config_dir.mkdir()
   shutil.copy(REPO / "configs/world/tiny.yaml", config_dir / "world.yaml")
   (config_dir / "teachers.yaml").write_text(json.dumps(TINY_TEACHERS))
@@ -36,49 +37,159 @@ def test_runs_then_skips_then_reruns_on_config_change(tmp_path):
   (config_dir / "transfer.yaml").write_text(json.dumps(
       {"tasks": ["surface_normals"], "student": TINY_STUDENT}))
 
+
+def test_runs_then_skips_then_reruns_on_config_change(tmp_path):
+  config_dir, output_dir = tmp_path / "configs", tmp_path / "out"
+  _tiny_configs(config_dir)
+
   first = demo.run(str(config_dir), str(output_dir), jobs=2)
-  assert first["world"]["status"] == "ran" and first["teachers"]["status"] == "ran"
-  assert (output_dir / "world" / "world.json").exists()
-  metrics = json.loads((output_dir / "teachers.done.json").read_text())["metrics"]
-  assert 0.0 <= metrics["classification"]["top1"] <= 1.0
-  assert (output_dir / "teachers/classification/export/teacher.json").exists()
+  # One training seed by default, the world's (tiny.yaml: 0), in the per-seed layout.
+  seed_dir = output_dir / "seed_0"
+  assert list(first) == ["world"] + [f"seed_0/{stage}" for stage, _ in demo.SEED_STAGES] + [
+      "report"]
   assert all(r["status"] == "ran" for r in first.values()), first
+  assert (output_dir / "world" / "world.json").exists()
+  metrics = json.loads((seed_dir / "teachers.done.json").read_text())["metrics"]
+  assert 0.0 <= metrics["classification"]["top1"] <= 1.0
+  assert (seed_dir / "teachers/classification/export/teacher.json").exists()
   # Every model trains and serves at the world's image size (64 here, 96 by default).
-  assert json.loads((output_dir / "teachers/classification/export/teacher.json").read_text())[
+  assert json.loads((seed_dir / "teachers/classification/export/teacher.json").read_text())[
       "input_size"] == [64, 64]
-  counts = json.loads((output_dir / "pseudo_label.done.json").read_text())["counts"]
+  counts = json.loads((seed_dir / "pseudo_label.done.json").read_text())["counts"]
   assert counts["balanced"] and counts["examples_out"] > 0
-  student = json.loads((output_dir / "student.done.json").read_text())["metrics"]
+  student = json.loads((seed_dir / "student.done.json").read_text())["metrics"]
   assert 0.0 <= student["classification"]["top1"] <= 1.0
-  baselines = json.loads((output_dir / "baselines.done.json").read_text())["metrics"]
+  baselines = json.loads((seed_dir / "baselines.done.json").read_text())["metrics"]
   assert set(baselines) == {"classification"}
-  transfer = json.loads((output_dir / "transfer.done.json").read_text())["metrics"]
+  transfer = json.loads((seed_dir / "transfer.done.json").read_text())["metrics"]
   # The tiny teacher has the tiny student's backbone, so it is an initialization too.
   assert set(transfer) == {"scratch", "classification teacher", "MuST student"}
   assert 0 <= transfer["MuST student"]["surface_normals"]["within_11.25"] <= 1
+
+  # Every training run measured its steps (the configured 2) and their seconds; each
+  # stage that trains sums them and records its parallel slots (min(jobs, runs)).
+  model_dirs = {"teachers": ["teachers/classification"], "student": ["student"],
+                "baselines": ["baselines/classification"],
+                "transfer": [f"transfer/surface_normals/{init}" for init in
+                             ("scratch", "classification_teacher", "MuST_student")]}
+  for stage, dirs in model_dirs.items():
+    timings = [json.loads((seed_dir / d / "train_timing.json").read_text()) for d in dirs]
+    assert all(t["steps"] == 2 and t["step_seconds"] > 0 for t in timings), (stage, timings)
+    done = json.loads((seed_dir / f"{stage}.done.json").read_text())
+    assert done["train_step_seconds"] == pytest.approx(sum(t["step_seconds"] for t in timings),
+                                                       abs=0.01)
+    assert done["parallel_slots"] == min(2, len(dirs))
+    assert done["train_step_seconds"] < done["seconds"] * done["parallel_slots"]
+
   report = (output_dir / "report" / "report.md").read_text()
+  assert "With one training seed (0), the paper's claims that hold:" in report
   assert "| classification | top1 |" in report
   assert "| MuST student |" in report and "surface_normals within_11.25" in report
+  assert "share of wall time in training steps |" in report
+  assert re.search(r"\| transfer \| [\d.]+ \| 2 \| [\d.]+ \| \d+ % \|", report)
+  assert re.search(r"\| \*\*total\*\* \| [\d.]+ \|  \| [\d.]+ \| \d+ % \|", report)
   commands = (output_dir / "report" / "commands.sh").read_text()
   for binary in ("must.world.generate", "teachers.train", "beam_pipelines.pseudo_label",
-                 "must.train", "must.student.export"):
+                 "must.train", "must.student.export", "beam_pipelines.inspect_labels"):
     assert f"python -m {binary} " in commands, binary
-  # Every training run is seeded with the world's seed, so a rerun gives the same numbers.
-  seed = json.loads((output_dir / "world" / "world.json").read_text())["config"]["seed"]
+  # Every training run is seeded with its training seed, so a rerun gives the same numbers.
   trainings = [line for line in commands.splitlines()
                if line.startswith(("python -m teachers.train ", "python -m must.train "))]
-  assert len(trainings) >= 4 and all(f" --seed={seed} " in line for line in trainings)
+  assert len(trainings) >= 6 and all(" --seed=0 " in line for line in trainings)
   for artifact in ("metrics.png", "pseudo_labels/contact_sheet.png"):
     assert (output_dir / "report" / artifact).stat().st_size > 1000
 
-  again = demo.run(str(config_dir), str(output_dir))
+  again = demo.run(str(config_dir), str(output_dir), seeds=[0])
   assert all(r["status"].startswith("skipped") for r in again.values()), again
 
   (config_dir / "baselines.yaml").write_text(json.dumps({"tasks": ["classification"]}))
   (config_dir / "transfer.yaml").write_text(json.dumps({"tasks": []}))
   changed = demo.run(str(config_dir), str(output_dir))
-  assert changed["student"]["status"].startswith("skipped")  # upstream of the change
-  assert [changed[s]["status"] for s in ("transfer", "report")] == ["ran"] * 2
+  assert changed["seed_0/student"]["status"].startswith("skipped")  # upstream of the change
+  assert [changed[s]["status"] for s in ("seed_0/transfer", "report")] == ["ran"] * 2
+  assert not (seed_dir / "transfer").exists()  # redone from an empty folder: no runs now
+
+
+def _fake_summaries(stage: str, seed: int) -> dict:
+  """What each per-seed stage records, with numbers that differ by seed: the
+  student reaches 0.96 of the teacher with seed 0, 0.80 with seed 1."""
+  trained = {"train_step_seconds": 1.5, "parallel_slots": 2}
+  top1 = {"top1": 0.48 if seed == 0 else 0.40}
+  def normals(value):
+    return {"surface_normals": {"within_11.25": value}}
+  return {
+      "teachers": {"metrics": {"classification": {"top1": 0.5}}, **trained},
+      "pseudo_label": {"shards": f"seed{seed}-*.tfrecord"},
+      "student": {"metrics": {"classification": top1}, **trained},
+      "baselines": {"metrics": {"classification": {"top1": 0.45}}, **trained},
+      "transfer": {"metrics": {"scratch": normals(0.2), "classification teacher": normals(0.4),
+                               "MuST student": normals(0.3)}, "skipped": {}, **trained},
+  }[stage]
+
+
+def test_seeds_run_the_later_stages_per_seed_and_reuse_finished_seeds(tmp_path, monkeypatch):
+  """The seed plumbing with stand-in stages (the real binaries run in the test above)."""
+  config_dir, output_dir = tmp_path / "configs", tmp_path / "out"
+  _tiny_configs(config_dir)
+  calls, commands = [], []
+
+  def record_binaries(runs, jobs=1, commands_file=""):
+    commands.extend(shlex.join(args) for args in runs.values())
+    with open(commands_file, "a") as f:
+      f.writelines(f"python -m {shlex.join(args)}  # {name}\n" for name, args in runs.items())
+
+  def stand_in(stage):
+    def runner(ctx):
+      calls.append((stage, ctx.seed))
+      assert ctx.path(stage) == str(output_dir / f"seed_{ctx.seed}" / stage)
+      assert ctx.world_dir == str(output_dir / "world")
+      ctx.run({stage: ["must.train", f"--model_dir={ctx.path(stage)}", ctx.seed_flag]})
+      os.makedirs(ctx.path(stage))
+      if stage == "pseudo_label":
+        (pathlib.Path(ctx.path(stage)) / "summary.json").write_text(json.dumps(
+            {"tasks": {"classification": {"pseudo": 24 + ctx.seed}}}))
+      return _fake_summaries(stage, ctx.seed)
+    return runner
+
+  monkeypatch.setattr(demo, "run_binaries", record_binaries)
+  monkeypatch.setattr(demo, "_run_world", lambda ctx: calls.append(("world", None)) or {})
+  monkeypatch.setattr(demo, "SEED_STAGES", [(s, stand_in(s)) for s, _ in demo.SEED_STAGES])
+  stages = [stage for stage, _ in demo.SEED_STAGES]
+
+  first = demo.run(str(config_dir), str(output_dir), jobs=2, seeds=[0, 1])
+  assert calls == [("world", None)] + [(s, 0) for s in stages] + [(s, 1) for s in stages]
+  assert all(r["status"] == "ran" for r in first.values()), first
+  assert f"must.train --model_dir={output_dir}/seed_1/student --seed=1" in commands
+  # The report aggregates both seeds: mean ± spread, and a claim split by the seeds.
+  report = (output_dir / "report" / "report.md").read_text()
+  assert "Over 2 training seeds (0, 1), the paper's claims that hold: MuST backbone beats " \
+      "scratch on surface_normals;" in report
+  assert "undecided: student >= 0.9 of teacher on classification." in report
+  assert "| classification | top1 | **0.500 ± 0.000** | 0.440 ± 0.040 | 0.450 ± 0.000 |" \
+      " 0.88 ± 0.08 | undecided |" in report
+  assert "seed 0: 0.96 (0.480 / 0.500); seed 1: 0.80 (0.400 / 0.500)" in report
+  assert "Seed 1's teachers:" in report and "25 images pseudo-labeled" in report
+  assert re.search(r"\| teachers \| [\d.]+ \| 2 \| 3.0 \| ", report)  # summed over seeds
+  listed = (output_dir / "report" / "commands.sh").read_text()
+  assert "# seed_0/teachers\n" in listed and "# seed_1/transfer\n" in listed
+  assert "--seed=0 " in listed and "--seed=1 " in listed
+  assert "beam_pipelines.inspect_labels --runner=DirectRunner '--input_pattern=seed0-*.tfrecord'" \
+      in listed  # the sheet shows the first seed's pseudo labels
+  assert "--seeds=0,1" in report
+
+  calls.clear()
+  more = demo.run(str(config_dir), str(output_dir), jobs=2, seeds=[0, 1, 2])
+  assert calls == [(s, 2) for s in stages]  # seeds 0 and 1 are reused
+  assert more["seed_1/transfer"]["status"].startswith("skipped")
+  assert more["report"]["status"] == "ran"
+  assert "Over 3 training seeds (0, 1, 2)" in (output_dir / "report" / "report.md").read_text()
+
+  calls.clear()
+  default = demo.run(str(config_dir), str(output_dir))  # the world's seed, 0: all done
+  assert calls == [] and default["report"]["status"] == "ran"
+  assert "With one training seed (0)" in (output_dir / "report" / "report.md").read_text()
+  with pytest.raises(configs.ConfigError, match="twice"):
+    demo.run(str(config_dir), str(output_dir), seeds=[1, 1])
 
 
 def test_a_failing_run_is_named_after_the_others_finish(tmp_path, capsys):
