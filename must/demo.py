@@ -202,10 +202,12 @@ def _evaluate(ctx: Context, export_dirs: dict[str, str]) -> dict:
 def _training_summary(ctx: Context, model_dirs: list[str]) -> dict:
   """What a stage's training runs (one per model dir, `--jobs` at a time) cost:
   `train_step_seconds`, the sum of their `train_timing.json` step seconds, and
-  `parallel_slots`, how many ran at once (min(jobs, runs))."""
+  `parallel_slots`, how many cores they kept busy (runs at once, or one run's
+  CPU replicas)."""
+  slots = len(model_dirs) * max(1, ctx.jobs // max(1, len(model_dirs)))  # _cpu_replicas
   return {"train_step_seconds": round(sum(training.read_train_timing(d)["step_seconds"]
                                           for d in model_dirs), 3),
-          "parallel_slots": max(1, min(ctx.jobs, len(model_dirs)))}
+          "parallel_slots": max(1, min(ctx.jobs, slots))}
 
 
 def _run_world(ctx: Context) -> dict:
@@ -216,24 +218,68 @@ def _run_world(ctx: Context) -> dict:
           "scenes_per_second": world["scenes_per_second"]}
 
 
+BACKBONE_FROM = "backbone_from"  # teachers.yaml: start a teacher's backbone from another's
+
+
+def teacher_waves(teacher_configs: dict[str, dict]) -> list[list[str]]:
+  """The teachers of teachers.yaml in training order: waves of tasks whose
+  `backbone_from` teacher (if any) trained in an earlier wave.
+
+  Raises:
+    configs.ConfigError: a `backbone_from` that names no teacher of the file,
+      or teachers that start from each other.
+  """
+  sources = {task: (block or {}).get(BACKBONE_FROM) for task, block in teacher_configs.items()}
+  unknown = {task: source for task, source in sources.items()
+             if source is not None and source not in teacher_configs}
+  if unknown:
+    raise configs.ConfigError(f"teachers.yaml: {BACKBONE_FROM} names no teacher of the file: "
+                              f"{unknown}; teachers: {sorted(teacher_configs)}")
+  waves, done = [], set()
+  while len(done) < len(sources):
+    wave = [task for task, source in sources.items()
+            if task not in done and (source is None or source in done)]
+    if not wave:
+      raise configs.ConfigError(f"teachers.yaml: {BACKBONE_FROM} goes round in a circle: "
+                                f"{ {t: s for t, s in sources.items() if t not in done} }")
+    waves.append(wave)
+    done.update(wave)
+  return waves
+
+
+def _teacher_override(block: dict | None) -> dict:
+  """A teacher's block of teachers.yaml without the demo's own keys."""
+  return {key: value for key, value in (block or {}).items() if key != BACKBONE_FROM}
+
+
 def _run_teachers(ctx: Context) -> dict:
-  """Trains, exports and evaluates each teacher named in teachers.yaml."""
+  """Trains, exports and evaluates each teacher named in teachers.yaml.
+
+  Teachers train `--jobs` at a time, wave by wave (`teacher_waves`): one with
+  `backbone_from: <task>` starts from that teacher's trained backbone.
+  """
   world = ctx.world
+  teacher_configs = ctx.config("teachers.yaml")
   trains, exports, export_dirs = {}, {}, {}
-  for task, override in ctx.config("teachers.yaml").items():
+  for task, block in teacher_configs.items():
     experiment = teachers.TEACHERS[task].EXPERIMENT
     model_dir = ctx.path("teachers", task)
     export_dirs[task] = os.path.join(model_dir, "export")
     data = {"task": {"train_data": {"input_path": world["splits"][task]["pattern"]},
                      "validation_data": {"input_path": world["splits"]["eval"]["pattern"]}}}
-    trains[f"{task} teacher"] = [
+    source = (block or {}).get(BACKBONE_FROM)
+    if source:
+      data["task"].update(init_checkpoint=ctx.path("teachers", source),
+                          init_checkpoint_modules="backbone")
+    trains[task] = [
         "teachers.train", f"--experiment={experiment}", "--mode=train",
         f"--model_dir={model_dir}", ctx.seed_flag,
-        _params_override(ctx, experiment, data, override)]
+        _params_override(ctx, experiment, data, _teacher_override(block))]
     exports[f"{task} teacher"] = [
         "teachers.export", f"--model_dir={model_dir}", f"--export_dir={export_dirs[task]}",
         f"--world_dir={ctx.world_dir}"]
-  ctx.run(trains, parallel=True)
+  for wave in teacher_waves(teacher_configs):
+    ctx.run({f"{task} teacher": trains[task] for task in wave}, parallel=True)
   ctx.run(exports, parallel=True)
   metrics = {}
   for task_metrics in _evaluate(ctx, export_dirs).values():
@@ -289,11 +335,19 @@ def _train_on_pseudo_labels(ctx: Context, runs: dict[str, tuple[str, list[str]]]
   by its tasks' metrics (the ones teachers.evaluate uses) -> ({name: metrics},
   the runs' `_training_summary`)."""
   override = ctx.config("student.yaml")
+  replicas = _cpu_replicas(ctx, len(runs))
   ctx.run({name: _student_training(ctx, model_dir, tasks, None, "eval", "train_and_post_eval",
-                                   override)
+                                   override) + replicas
            for name, (model_dir, tasks) in runs.items()}, parallel=True)
   return ({name: _eval_metrics(model_dir) for name, (model_dir, _) in runs.items()},
           _training_summary(ctx, [model_dir for model_dir, _ in runs.values()]))
+
+
+def _cpu_replicas(ctx: Context, runs: int) -> list[str]:
+  """`--cpu_replicas` that gives runs fewer than `--jobs` the spare cores: one
+  training process keeps about one core busy (must.training.cpu_strategy)."""
+  replicas = ctx.jobs // max(1, runs)
+  return [f"--cpu_replicas={replicas}"] if replicas > 1 else []
 
 
 def _run_student(ctx: Context) -> dict:
@@ -476,9 +530,10 @@ def check_configs(config_dir: str) -> None:
   configs.load(world_writer.WorldConfig(), os.path.join(config_dir, "world.yaml"))
   teacher_tasks = read("teachers.yaml")
   check_tasks(teacher_tasks, teachers.TEACHERS, "teachers.yaml", "no teacher for")
-  for task, override in teacher_tasks.items():
-    check_override(teachers.TEACHERS[task].EXPERIMENT, override,
+  for task, block in teacher_tasks.items():
+    check_override(teachers.TEACHERS[task].EXPERIMENT, _teacher_override(block),
                    f"{os.path.join(config_dir, 'teachers.yaml')} ({task})")
+  teacher_waves(teacher_tasks)
   check_override(student_config.EXPERIMENT, read("student.yaml"),
                  os.path.join(config_dir, "student.yaml"))
   thresholds = read("pseudo_label.yaml", {"batch_size", "thresholds"}).get("thresholds") or {}

@@ -28,7 +28,7 @@ def main(argv):
                                   resolve=student_config.resolve_loss_weights)
   logging.info("loss weights: %s",
                {head.task: head.loss_weight for head in params.task.model.heads})
-  training.run(params, FLAGS.model_dir, FLAGS.mode, FLAGS.seed)
+  training.run(params, FLAGS.model_dir, FLAGS.mode, FLAGS.seed, FLAGS.cpu_replicas)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,12 @@ def define_flags() -> None:
       "Makes the run reproducible: seeds Python, NumPy and TensorFlow (weights, input "
       "shuffling, augmentation), sets task.train_data.seed and turns on TensorFlow's op "
       "determinism. The same seed, config and machine give the same checkpoints.")
+  flags.DEFINE_integer(
+      "cpu_replicas", 1,
+      "With runtime.distribution_strategy=mirrored and no GPUs: mirror training over this "
+      "many logical devices of the CPU. One process of a small model keeps about one core "
+      "busy; two replicas train the 64 px student about 1.3x faster on 2 cores "
+      "(python -m benchmarks.cpu_replicas).")
 
 
 def make_deterministic(seed: int) -> None:
@@ -137,10 +143,35 @@ class _TimedController(orbit.Controller):
     self._timing["steps"] += after - before
 
 
-def run(params, model_dir: str, mode: str = "train_and_eval", seed: int | None = None):
+def cpu_strategy(replicas: int) -> tf.distribute.Strategy:
+  """MirroredStrategy over `replicas` logical devices of the CPU (call before any op runs)."""
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  tf.config.set_logical_device_configuration(
+      cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)])
+  return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+
+
+def _strategy(params, cpu_replicas: int) -> tf.distribute.Strategy:
+  """The strategy of the runtime config, or `cpu_strategy` for CPU replicas."""
+  runtime = params.runtime
+  if cpu_replicas > 1:
+    if runtime.distribution_strategy != "mirrored" or runtime.num_gpus:
+      raise ValueError(f"--cpu_replicas={cpu_replicas} needs runtime.distribution_strategy="
+                       f"mirrored and runtime.num_gpus=0, not "
+                       f"{runtime.distribution_strategy!r} with {runtime.num_gpus} GPUs")
+    return cpu_strategy(cpu_replicas)
+  return distribute_utils.get_distribution_strategy(
+      distribution_strategy=runtime.distribution_strategy,
+      all_reduce_alg=runtime.all_reduce_alg, num_gpus=runtime.num_gpus,
+      tpu_address=runtime.tpu)
+
+
+def run(params, model_dir: str, mode: str = "train_and_eval", seed: int | None = None,
+        cpu_replicas: int = 1):
   """Trains/evaluates `params` in `model_dir`; returns (model, eval logs).
 
-  With a `seed` the run is deterministic (`make_deterministic`).
+  With a `seed` the run is deterministic (`make_deterministic`). With
+  `cpu_replicas` > 1 it mirrors over that many logical CPU devices (`cpu_strategy`).
 
   When the mode trains, `<model_dir>/train_timing.json` gets
   {"steps": global steps trained in this process (0 when the model dir's
@@ -151,14 +182,11 @@ def run(params, model_dir: str, mode: str = "train_and_eval", seed: int | None =
   also written to `<model_dir>/eval_metrics.json` as
   {"checkpoint": path, "metrics": {name: value}}.
   """
+  # The strategy first: multi-worker collectives and logical CPU devices must be
+  # set up before any op runs.
+  strategy = _strategy(params, cpu_replicas)
   if seed is not None:
     make_deterministic(seed)
-  # The strategy first: multi-worker collectives must be set up before any op runs.
-  strategy = distribute_utils.get_distribution_strategy(
-      distribution_strategy=params.runtime.distribution_strategy,
-      all_reduce_alg=params.runtime.all_reduce_alg,
-      num_gpus=params.runtime.num_gpus,
-      tpu_address=params.runtime.tpu)
   for name in ("train_data", "validation_data"):
     data = getattr(params.task, name)
     if "train" in mode or name == "validation_data":

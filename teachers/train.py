@@ -22,7 +22,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   params = training.parse_params(FLAGS, teachers.experiments())
-  training.run(params, FLAGS.model_dir, FLAGS.mode, FLAGS.seed)
+  training.run(params, FLAGS.model_dir, FLAGS.mode, FLAGS.seed, FLAGS.cpu_replicas)
 
 
 if __name__ == "__main__":

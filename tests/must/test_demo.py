@@ -227,3 +227,15 @@ def test_a_bad_stage_config_stops_before_any_stage(tmp_path, name, text, message
   with pytest.raises(configs.ConfigError, match=f"{re.escape(name)}.*{re.escape(message)}"):
     demo.run(str(config_dir), str(output_dir))
   assert not output_dir.exists()
+
+
+def test_teachers_train_in_waves_after_the_teacher_they_start_from():
+  waves = demo.teacher_waves({"classification": {}, "depth": None,
+                              "detection": {"backbone_from": "classification"},
+                              "segmentation": {"backbone_from": "detection"}})
+  assert waves == [["classification", "depth"], ["detection"], ["segmentation"]]
+  with pytest.raises(configs.ConfigError, match="names no teacher"):
+    demo.teacher_waves({"detection": {"backbone_from": "classification"}})
+  with pytest.raises(configs.ConfigError, match="circle"):
+    demo.teacher_waves({"detection": {"backbone_from": "segmentation"},
+                        "segmentation": {"backbone_from": "detection"}})
