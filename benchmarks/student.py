@@ -1,8 +1,9 @@
 """What the student's input pipeline and shared backbone cost, as ratios.
 
-  .venv/bin/python -m benchmarks.student [--steps 10] [--rounds 3] [--batch_size 32]
+  .venv/bin/python -m benchmarks.student [--steps 10] [--rounds 3] [--batch_size 32] [--size 64]
 
-Prints, in one run on this machine, with the `must_student` experiment (96x96):
+Prints, in one run on this machine, with the `must_student` experiment (96x96,
+or `--size` pixels square, e.g. the default demo's 64):
 
   (a) training throughput reading the real TFRecord input (schema decode, per-
       task targets, anchor labeling, shuffling, prefetch) divided by the same
@@ -24,6 +25,7 @@ import time
 import tensorflow as tf
 
 import must.student  # noqa: F401  (registers the student)
+from must import configs
 import tf_keras
 from must.student import config as student_config
 from must.student import task as task_lib
@@ -32,11 +34,13 @@ from official.core import exp_factory
 from benchmarks import worlds
 
 
-def _trainer(heads: list[str], pattern: str, batch_size: int):
+def _trainer(heads: list[str], pattern: str, batch_size: int, size: int | None = None):
   """(task, model, a compiled train step) for a student with these heads."""
   params = exp_factory.get_exp_config(student_config.EXPERIMENT)
   params.override({"task": {"train_data": {"input_path": pattern,
                                            "global_batch_size": batch_size}}})
+  if size:
+    params.override(configs.image_size_override(params, size, size))
   params.task.model.heads = [h for h in params.task.model.heads if h.task in heads]
   task = task_lib.StudentTask(params.task)
   model = task.build_model()
@@ -62,16 +66,17 @@ def main():
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--scenes", type=int, default=256)
+  parser.add_argument("--size", type=int, default=None, help="image size (default: 96)")
   args = parser.parse_args()
   tasks = list(student_config.DEFAULT_TASKS)
   with tempfile.TemporaryDirectory() as world_dir:
-    pattern = worlds.eval_split(world_dir, args.scenes)
-    task, params, multi_step = _trainer(tasks, pattern, args.batch_size)
+    pattern = worlds.eval_split(world_dir, args.scenes, args.size)
+    task, params, multi_step = _trainer(tasks, pattern, args.batch_size, args.size)
     real_input = iter(task.build_inputs(params.task.train_data).repeat())
     in_memory = next(real_input)
     singles = {}
     for name in tasks:
-      single_task, single_params, single_step = _trainer([name], pattern, args.batch_size)
+      single_task, single_params, single_step = _trainer([name], pattern, args.batch_size, args.size)
       batch = next(iter(single_task.build_inputs(single_params.task.train_data)))
       singles[name] = (single_step, batch)
     times = {key: [] for key in ["real input", "in-memory", *tasks]}

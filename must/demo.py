@@ -30,8 +30,9 @@ from an empty folder, except after a run that stopped part-way with the same
 configs, whose training runs resume from their checkpoints.
 
 Each stage that trains records in its done file `train_step_seconds` (the sum
-of its runs' `train_timing.json` step seconds) and `parallel_slots`
-(min(--jobs, runs)); the report's timings table gives the share of wall time
+of its runs' `train_timing.json` step seconds) and `parallel_slots` (the cores
+its training kept busy: min(--jobs, runs), or `--jobs` for a lone run, which
+gets the spare cores as `--cpu_replicas`); the report's timings table gives the share of wall time
 in training steps: train_step_seconds / (wall seconds x parallel_slots).
 """
 import concurrent.futures
@@ -441,9 +442,9 @@ def _run_report(ctx: Context) -> dict:
       f"--output_dir={os.path.join(report_dir, 'pseudo_labels')}", "--num_images=8"]})
   summaries = {seed: {stage: seed_ctx.summary(stage) for stage, _ in SEED_STAGES}
                for seed, seed_ctx in by_seed.items()}
-  timings = [{"stage": "world", **_timing(ctx.summary("world"))}]
+  timings = [{"stage": "world", **timing(ctx.summary("world"))}]
   for stage, _ in SEED_STAGES:
-    timings += [{"stage": stage, **_timing(summaries[seed][stage])} for seed in ctx.seeds]
+    timings += [{"stage": stage, **timing(summaries[seed][stage])} for seed in ctx.seeds]
   with open(os.path.join(report_dir, report.COMMANDS_FILE), "w") as f:
     f.write(f"# Every binary the demo ran, stage by stage (from {ctx.output_dir}).\n")
     stages = [("world", ctx)] + [(f"seed_{seed}/{stage}", seed_ctx) for seed, seed_ctx
@@ -474,7 +475,7 @@ def _run_report(ctx: Context) -> dict:
   return {"report": os.path.join(report_dir, report.REPORT_FILE), "seeds": list(ctx.seeds)}
 
 
-def _timing(summary: dict) -> dict:
+def timing(summary: dict) -> dict:
   """A done file's wall seconds, training-step seconds and parallel slots."""
   return {"seconds": summary.get("seconds"),
           "train_step_seconds": summary.get("train_step_seconds"),

@@ -274,7 +274,8 @@ def timing_rows(records: Iterable[Mapping]) -> list[dict]:
   Args:
     records: one per stage run: {"stage", "seconds" (wall), and for stages
       that train "train_step_seconds" (summed over their training runs) and
-      "parallel_slots" (training runs at once: min(--jobs, runs))}; a stage
+      "parallel_slots" (cores its training kept busy: runs at once, or a lone
+      run's CPU replicas)}; a stage
       that does not train counts one slot.
 
   Returns:
@@ -318,8 +319,9 @@ def timings_table(records: Iterable[Mapping]) -> str:
                  f"{step} | {share} |")
   lines.append("")
   lines.append("Share = training-step seconds (inside the training loops, from each run's "
-               "`train_timing.json`) / (wall seconds x parallel slots, i.e. training runs at "
-               "once: min(--jobs, runs), 1 for a stage that does not train); the total row "
+               "`train_timing.json`) / (wall seconds x parallel slots, the cores its training "
+               "kept busy: runs at once, or a lone run's CPU replicas; 1 for a stage that "
+               "does not train); the total row "
                "divides all training-step seconds by the sum of wall x slots over the stages.")
   return "\n".join(lines)
 

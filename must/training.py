@@ -33,6 +33,7 @@ from official.core import train_lib
 from official.core import train_utils
 from official.modeling import performance
 import orbit
+from orbit import controller as orbit_controller
 
 
 def train_step(model, optimizer, images, compute_loss) -> tf.Tensor:
@@ -120,6 +121,11 @@ EVAL_METRICS_FILE = "eval_metrics.json"
 TRAIN_TIMING_FILE = "train_timing.json"
 
 
+# orbit's controller both logs and prints each progress message; under absl,
+# which logs to stderr, every line then shows twice. Print it once.
+orbit_controller._log = print  # pylint: disable=protected-access
+
+
 class _TimedController(orbit.Controller):
   """orbit's Controller that times each train loop against the global step.
 
@@ -195,17 +201,29 @@ def run(params, model_dir: str, mode: str = "train_and_eval", seed: int | None =
     train_utils.serialize_config(params, model_dir)
   if params.runtime.mixed_precision_dtype:
     performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
-  with strategy.scope():
-    task = task_factory.get_task(params.task, logging_dir=model_dir)
   timing = {"steps": 0, "step_seconds": 0.0}
-  model, logs = train_lib.run_experiment(
-      distribution_strategy=strategy, task=task, mode=mode, params=params, model_dir=model_dir,
-      controller_cls=functools.partial(_TimedController, timing=timing))
+  # CPU replicas evaluate apart, on one device: the eval split's last batch can
+  # leave a replica without examples, which oneDNN's convolutions reject.
+  evaluate_apart = cpu_replicas > 1 and mode == "train_and_post_eval"
+  model, logs = _run_experiment(strategy, params, model_dir,
+                                "train" if evaluate_apart else mode, timing)
+  if evaluate_apart:  # trains 0 steps: restores the final checkpoint, then evaluates
+    model, logs = _run_experiment(tf.distribute.OneDeviceStrategy("/cpu:0"), params,
+                                  model_dir, mode, {"steps": 0, "step_seconds": 0.0})
   if "train" in mode:
     write_train_timing(model_dir, timing)
   if logs:
     write_eval_metrics(model_dir, logs, tf.train.latest_checkpoint(model_dir))
   return model, logs
+
+
+def _run_experiment(strategy, params, model_dir: str, mode: str, timing: dict):
+  """Model Garden's driver over a task built in `strategy`'s scope, timed."""
+  with strategy.scope():
+    task = task_factory.get_task(params.task, logging_dir=model_dir)
+  return train_lib.run_experiment(
+      distribution_strategy=strategy, task=task, mode=mode, params=params, model_dir=model_dir,
+      controller_cls=functools.partial(_TimedController, timing=timing))
 
 
 def write_eval_metrics(model_dir: str, logs: dict, checkpoint: str | None) -> None:
