@@ -6,18 +6,39 @@ import re
 import shlex
 import shutil
 
+import numpy as np
 import pytest
 
 from must import configs
 from must import demo
+from must import evaluate
+from must.world import writer
 
 REPO = pathlib.Path(__file__).parents[2]
 
-# One small teacher is enough to check the orchestration of the real binaries.
-TINY_TEACHERS = {"classification": {
-    "task": {"model": {"backbone": {"resnet": {"model_id": 10, "depth_multiplier": 0.25}}},
-             "train_data": {"global_batch_size": 4}, "validation_data": {"global_batch_size": 4}},
-    "trainer": {"train_steps": 2, "steps_per_loop": 1, "checkpoint_interval": 2}}}
+# Small teachers check the orchestration of the real binaries: a classification
+# teacher of 2 steps (its top-1 on 8 eval images says nothing), and a depth teacher
+# that learns the ground plane's layout in 20 steps, so the test can check that a
+# trained teacher beats chance. Both have the tiny student's backbone.
+TINY_BACKBONE = {"resnet": {"model_id": 10, "depth_multiplier": 0.25}}
+TINY_TEACHER_STEPS = {"classification": 2, "depth": 20}
+TINY_TEACHERS = {
+    "classification": {
+        "task": {"model": {"backbone": TINY_BACKBONE},
+                 "train_data": {"global_batch_size": 4},
+                 "validation_data": {"global_batch_size": 4}},
+        "trainer": {"train_steps": 2, "steps_per_loop": 1, "checkpoint_interval": 2}},
+    # 20 steps of batch 4 at 64 px, about 4 s of training steps on a CPU core:
+    # delta < 1.25 of 0.48 with seed 0 (0.46 and 0.53 with seeds 2 and 1), against
+    # 0.13 for a constant prediction (`_depth_chance`).
+    "depth": {
+        "task": {"model": {"backbone": TINY_BACKBONE},
+                 "train_data": {"global_batch_size": 4},
+                 "validation_data": {"global_batch_size": 4}},
+        "trainer": {"train_steps": 20, "steps_per_loop": 20, "checkpoint_interval": 20,
+                    "optimizer_config": {"learning_rate": {"cosine": {"decay_steps": 20}},
+                                         "warmup": {"linear": {"warmup_steps": 2}}}}},
+}
 
 
 TINY_STUDENT = {
@@ -38,6 +59,18 @@ def _tiny_configs(config_dir):
       {"tasks": ["surface_normals"], "student": TINY_STUDENT}))
 
 
+def _depth_chance(world_dir) -> float:
+  """delta < 1.25 of a constant depth prediction on the world's eval split, scored
+  like the teachers (teachers.evaluate: must.evaluate with the depth task's
+  registry metric). The metric aligns each prediction to the image's ground
+  truth by scale and shift first, so a constant becomes each image's best
+  constant (its mean inverse depth): what a teacher that learned nothing gets."""
+  world = writer.load_metadata(str(world_dir))
+  constant = lambda images: {"depth": np.ones(images.shape[:3], np.float32)}
+  return evaluate.evaluate({"depth": constant}, world["splits"]["eval"]["pattern"],
+                           world["task_params"])["depth"]["delta_1.25"]
+
+
 def test_runs_then_skips_then_reruns_on_config_change(tmp_path):
   config_dir, output_dir = tmp_path / "configs", tmp_path / "out"
   _tiny_configs(config_dir)
@@ -51,6 +84,10 @@ def test_runs_then_skips_then_reruns_on_config_change(tmp_path):
   assert (output_dir / "world" / "world.json").exists()
   metrics = json.loads((seed_dir / "teachers.done.json").read_text())["metrics"]
   assert 0.0 <= metrics["classification"]["top1"] <= 1.0
+  # The trained depth teacher beats chance by a clear margin (0.48 against 0.13).
+  chance = _depth_chance(output_dir / "world")
+  assert 0.0 < chance < 0.3, chance
+  assert metrics["depth"]["delta_1.25"] > chance + 0.2, (metrics["depth"], chance)
   assert (seed_dir / "teachers/classification/export/teacher.json").exists()
   # Every model trains and serves at the world's image size (64 here, 96 by default).
   assert json.loads((seed_dir / "teachers/classification/export/teacher.json").read_text())[
@@ -59,26 +96,35 @@ def test_runs_then_skips_then_reruns_on_config_change(tmp_path):
   assert counts["balanced"] and counts["examples_out"] > 0
   student = json.loads((seed_dir / "student.done.json").read_text())["metrics"]
   assert 0.0 <= student["classification"]["top1"] <= 1.0
+  assert 0.0 <= student["depth"]["delta_1.25"] <= 1.0
   baselines = json.loads((seed_dir / "baselines.done.json").read_text())["metrics"]
   assert set(baselines) == {"classification"}
   transfer = json.loads((seed_dir / "transfer.done.json").read_text())["metrics"]
-  # The tiny teacher has the tiny student's backbone, so it is an initialization too.
-  assert set(transfer) == {"scratch", "classification teacher", "MuST student"}
+  # The tiny teachers have the tiny student's backbone, so they are initializations too.
+  assert set(transfer) == {"scratch", "classification teacher", "depth teacher",
+                           "MuST student"}
   assert 0 <= transfer["MuST student"]["surface_normals"]["within_11.25"] <= 1
 
-  # Every training run measured its steps (the configured 2) and their seconds; each
-  # stage that trains sums them and records its parallel slots (min(jobs, runs)).
-  model_dirs = {"teachers": ["teachers/classification"], "student": ["student"],
-                "baselines": ["baselines/classification"],
+  # Every training run measured its steps (the configured ones) and their seconds;
+  # each stage that trains sums them and records its parallel slots, the cores its
+  # training kept busy: both (jobs=2) in every stage, as the two teachers and the
+  # four transfer runs go two at a time and the lone student and baseline runs
+  # mirror over two CPU replicas.
+  model_dirs = {"teachers": [f"teachers/{task}" for task in TINY_TEACHER_STEPS],
+                "student": ["student"], "baselines": ["baselines/classification"],
                 "transfer": [f"transfer/surface_normals/{init}" for init in
-                             ("scratch", "classification_teacher", "MuST_student")]}
+                             ("scratch", "classification_teacher", "depth_teacher",
+                              "MuST_student")]}
   for stage, dirs in model_dirs.items():
     timings = [json.loads((seed_dir / d / "train_timing.json").read_text()) for d in dirs]
-    assert all(t["steps"] == 2 and t["step_seconds"] > 0 for t in timings), (stage, timings)
+    steps = [TINY_TEACHER_STEPS[pathlib.Path(d).name] if stage == "teachers" else 2
+             for d in dirs]
+    assert [t["steps"] for t in timings] == steps, (stage, timings)
+    assert all(t["step_seconds"] > 0 for t in timings), (stage, timings)
     done = json.loads((seed_dir / f"{stage}.done.json").read_text())
     assert done["train_step_seconds"] == pytest.approx(sum(t["step_seconds"] for t in timings),
                                                        abs=0.01)
-    assert done["parallel_slots"] == min(2, len(dirs))
+    assert done["parallel_slots"] == 2, (stage, done)
     assert done["train_step_seconds"] < done["seconds"] * done["parallel_slots"]
 
   report = (output_dir / "report" / "report.md").read_text()
@@ -95,7 +141,9 @@ def test_runs_then_skips_then_reruns_on_config_change(tmp_path):
   # Every training run is seeded with its training seed, so a rerun gives the same numbers.
   trainings = [line for line in commands.splitlines()
                if line.startswith(("python -m teachers.train ", "python -m must.train "))]
-  assert len(trainings) >= 6 and all(" --seed=0 " in line for line in trainings)
+  assert len(trainings) >= 8 and all(" --seed=0 " in line for line in trainings)
+  lone_runs = [line for line in trainings if line.endswith(("# MuST student", "# classification"))]
+  assert len(lone_runs) == 2 and all(" --cpu_replicas=2 " in f"{line} " for line in lone_runs)
   for artifact in ("metrics.png", "pseudo_labels/contact_sheet.png"):
     assert (output_dir / "report" / artifact).stat().st_size > 1000
 
