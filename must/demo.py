@@ -205,7 +205,8 @@ def _training_summary(ctx: Context, model_dirs: list[str]) -> dict:
   `train_step_seconds`, the sum of their `train_timing.json` step seconds, and
   `parallel_slots`, how many cores they kept busy (runs at once, or one run's
   CPU replicas)."""
-  slots = len(model_dirs) * max(1, ctx.jobs // max(1, len(model_dirs)))  # _cpu_replicas
+  # Runs fewer than --jobs got the spare cores as CPU replicas (_cpu_replicas).
+  slots = len(model_dirs) * max(1, ctx.jobs // max(1, len(model_dirs)))
   return {"train_step_seconds": round(sum(training.read_train_timing(d)["step_seconds"]
                                           for d in model_dirs), 3),
           "parallel_slots": max(1, min(ctx.jobs, slots))}
@@ -280,7 +281,8 @@ def _run_teachers(ctx: Context) -> dict:
         "teachers.export", f"--model_dir={model_dir}", f"--export_dir={export_dirs[task]}",
         f"--world_dir={ctx.world_dir}"]
   for wave in teacher_waves(teacher_configs):
-    ctx.run({f"{task} teacher": trains[task] for task in wave}, parallel=True)
+    replicas = _cpu_replicas(ctx, len(wave))
+    ctx.run({f"{task} teacher": trains[task] + replicas for task in wave}, parallel=True)
   ctx.run(exports, parallel=True)
   metrics = {}
   for task_metrics in _evaluate(ctx, export_dirs).values():
@@ -421,7 +423,8 @@ def _run_transfer(ctx: Context) -> dict:
       runs[f"{task} from {init}"] = _student_training(
           ctx, run_dir, [task], "transfer_train", "transfer_eval", "train_and_post_eval",
           architecture, settings.get("student") or {})
-  ctx.run(runs, parallel=True)
+  replicas = _cpu_replicas(ctx, len(runs))
+  ctx.run({name: args + replicas for name, args in runs.items()}, parallel=True)
   results = {}
   for (task, init), run_dir in run_dirs.items():
     results.setdefault(init, {})[task] = _eval_metrics(run_dir)[task]
