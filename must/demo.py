@@ -202,13 +202,17 @@ def _evaluate(ctx: Context, export_dirs: dict[str, str]) -> dict:
 
 def _training_summary(ctx: Context, model_dirs: list[str]) -> dict:
   """What a stage's training runs (one per model dir, `--jobs` at a time) cost:
-  `train_step_seconds`, the sum of their `train_timing.json` step seconds, and
+  `train_step_seconds`, the sum of their `train_timing.json` step seconds
+  (times each run's CPU replicas: core-seconds), and
   `parallel_slots`, how many cores they kept busy (runs at once, or one run's
   CPU replicas)."""
   # Runs fewer than --jobs got the spare cores as CPU replicas (_cpu_replicas).
   slots = len(model_dirs) * max(1, ctx.jobs // max(1, len(model_dirs)))
-  return {"train_step_seconds": round(sum(training.read_train_timing(d)["step_seconds"]
-                                          for d in model_dirs), 3),
+  core_seconds = 0.0
+  for model_dir in model_dirs:  # a run mirrored over CPU replicas keeps that many cores busy
+    run_timing = training.read_train_timing(model_dir)
+    core_seconds += run_timing["step_seconds"] * run_timing.get("cpu_replicas", 1)
+  return {"train_step_seconds": round(core_seconds, 3),
           "parallel_slots": max(1, min(ctx.jobs, slots))}
 
 

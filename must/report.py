@@ -319,10 +319,10 @@ def timings_table(records: Iterable[Mapping]) -> str:
                  f"{step} | {share} |")
   lines.append("")
   lines.append("Share = training-step seconds (inside the training loops, from each run's "
-               "`train_timing.json`) / (wall seconds x parallel slots, the cores its training "
-               "kept busy: runs at once, or a lone run's CPU replicas; 1 for a stage that "
-               "does not train); the total row "
-               "divides all training-step seconds by the sum of wall x slots over the stages.")
+               "`train_timing.json`, times its CPU replicas) / (wall seconds x parallel "
+               "slots, the cores its training kept busy: runs at once, or a lone run's CPU "
+               "replicas; 1 for a stage that does not train); the total row divides all "
+               "training-step seconds by the sum of wall x slots over the stages.")
   return "\n".join(lines)
 
 

@@ -182,7 +182,7 @@ def run(params, model_dir: str, mode: str = "train_and_eval", seed: int | None =
   When the mode trains, `<model_dir>/train_timing.json` gets
   {"steps": global steps trained in this process (0 when the model dir's
   checkpoint had already reached train_steps), "step_seconds": seconds spent
-  inside orbit's train loops}, measured around each loop (`_TimedController`).
+  inside orbit's train loops, "cpu_replicas": the cores they kept busy}, measured around each loop (`_TimedController`).
 
   When Model Garden returns eval logs (`train_and_post_eval`), their scalars are
   also written to `<model_dir>/eval_metrics.json` as
@@ -201,7 +201,7 @@ def run(params, model_dir: str, mode: str = "train_and_eval", seed: int | None =
     train_utils.serialize_config(params, model_dir)
   if params.runtime.mixed_precision_dtype:
     performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
-  timing = {"steps": 0, "step_seconds": 0.0}
+  timing = {"steps": 0, "step_seconds": 0.0, "cpu_replicas": cpu_replicas}
   # CPU replicas evaluate apart, on one device: the eval split's last batch can
   # leave a replica without examples, which oneDNN's convolutions reject.
   evaluate_apart = cpu_replicas > 1 and mode == "train_and_post_eval"
@@ -235,10 +235,10 @@ def write_eval_metrics(model_dir: str, logs: dict, checkpoint: str | None) -> No
 
 
 def write_train_timing(model_dir: str, timing: dict) -> None:
-  """{"steps": int, "step_seconds": float} as JSON, in the model dir."""
+  """{"steps": int, "step_seconds": float, "cpu_replicas": int} as JSON, in the model dir."""
   with tf.io.gfile.GFile(os.path.join(model_dir, TRAIN_TIMING_FILE), "w") as f:
-    json.dump({"steps": int(timing["steps"]), "step_seconds": round(timing["step_seconds"], 3)},
-              f, indent=2)
+    json.dump({"steps": int(timing["steps"]), "step_seconds": round(timing["step_seconds"], 3),
+               "cpu_replicas": int(timing.get("cpu_replicas", 1))}, f, indent=2)
 
 
 def read_train_timing(model_dir: str) -> dict:
