@@ -121,9 +121,12 @@ def test_runs_then_skips_then_reruns_on_config_change(tmp_path):
              for d in dirs]
     assert [t["steps"] for t in timings] == steps, (stage, timings)
     assert all(t["step_seconds"] > 0 for t in timings), (stage, timings)
+    # A lone run mirrored over 2 CPU replicas keeps both cores busy: its step
+    # seconds count twice.
+    assert [t["cpu_replicas"] for t in timings] == [2 if len(dirs) == 1 else 1] * len(dirs)
     done = json.loads((seed_dir / f"{stage}.done.json").read_text())
-    assert done["train_step_seconds"] == pytest.approx(sum(t["step_seconds"] for t in timings),
-                                                       abs=0.01)
+    assert done["train_step_seconds"] == pytest.approx(
+        sum(t["step_seconds"] * t["cpu_replicas"] for t in timings), abs=0.01)
     assert done["parallel_slots"] == 2, (stage, done)
     assert done["train_step_seconds"] < done["seconds"] * done["parallel_slots"]
 

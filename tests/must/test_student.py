@@ -317,7 +317,8 @@ def test_killed_run_resumes_at_its_last_checkpoint(tiny_world, tmp_path):
                            cwd=REPO, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert tf.train.latest_checkpoint(str(model_dir)).endswith(f"ckpt-{step + 2}")
-  assert "restored" in resumed.stderr.lower() and killed_at.rsplit("/", 1)[1] in resumed.stderr
+  shown = resumed.stdout + resumed.stderr  # orbit's progress lines are printed (stdout)
+  assert "restored" in shown.lower() and killed_at.rsplit("/", 1)[1] in shown
 
 
 # -- Export ----------------------------------------------------------------------
