@@ -30,10 +30,11 @@ from an empty folder, except after a run that stopped part-way with the same
 configs, whose training runs resume from their checkpoints.
 
 Each stage that trains records in its done file `train_step_seconds` (the sum
-of its runs' `train_timing.json` step seconds) and `parallel_slots` (the cores
-its training kept busy: min(--jobs, runs), or `--jobs` for a lone run, which
-gets the spare cores as `--cpu_replicas`); the report's timings table gives the share of wall time
-in training steps: train_step_seconds / (wall seconds x parallel_slots).
+of its runs' `train_timing.json` step seconds, times each run's CPU replicas)
+and `parallel_slots` (the cores its training kept busy: min(--jobs, runs), or
+`--jobs` for a lone run, which gets the spare cores as `--cpu_replicas`); the
+report's timings table gives the share of wall time in training steps:
+train_step_seconds / (wall seconds x parallel_slots).
 """
 import concurrent.futures
 import dataclasses
