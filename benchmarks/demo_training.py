@@ -28,16 +28,10 @@ def _read_json(path: str) -> dict:
 
 
 def stage_records(output_dir: str) -> list[dict]:
-  """One timing record per done stage (the world, then every seed's stages)."""
-  records = []
-  seed_dirs = sorted(tf.io.gfile.glob(os.path.join(output_dir, "seed_*")))
-  for root, stages in [(output_dir, ["world"])] + [
-      (seed_dir, [stage for stage, _ in demo.SEED_STAGES]) for seed_dir in seed_dirs]:
-    for stage in stages:
-      path = os.path.join(root, f"{stage}.done.json")
-      if tf.io.gfile.exists(path):
-        records.append({"stage": stage, **demo.timing(_read_json(path))})
-  return records
+  """The timing records of a finished demo (`must.demo.timing_records`), over
+  the seeds its report aggregated."""
+  seeds = _read_json(os.path.join(output_dir, "report.done.json"))["seeds"]
+  return demo.timing_records(demo.Context("", output_dir, seeds=tuple(seeds)))
 
 
 def run_speeds(output_dir: str) -> list[dict]:

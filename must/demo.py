@@ -205,16 +205,14 @@ def _training_summary(ctx: Context, model_dirs: list[str]) -> dict:
   """What a stage's training runs (one per model dir, `--jobs` at a time) cost:
   `train_step_seconds`, the sum of their `train_timing.json` step seconds
   (times each run's CPU replicas: core-seconds), and
-  `parallel_slots`, how many cores they kept busy (runs at once, or one run's
-  CPU replicas)."""
-  # Runs fewer than --jobs got the spare cores as CPU replicas (_cpu_replicas).
-  slots = len(model_dirs) * max(1, ctx.jobs // max(1, len(model_dirs)))
-  core_seconds = 0.0
-  for model_dir in model_dirs:  # a run mirrored over CPU replicas keeps that many cores busy
-    run_timing = training.read_train_timing(model_dir)
-    core_seconds += run_timing["step_seconds"] * run_timing.get("cpu_replicas", 1)
+  `parallel_slots`, how many cores they kept busy (min(--jobs, the sum of
+  their CPU replicas))."""
+  timings = [training.read_train_timing(model_dir) for model_dir in model_dirs]
+  # A run mirrored over CPU replicas keeps that many cores busy.
+  replicas = [run_timing.get("cpu_replicas", 1) for run_timing in timings]
+  core_seconds = sum(t["step_seconds"] * r for t, r in zip(timings, replicas))
   return {"train_step_seconds": round(core_seconds, 3),
-          "parallel_slots": max(1, min(ctx.jobs, slots))}
+          "parallel_slots": max(1, min(ctx.jobs, sum(replicas)))}
 
 
 def _run_world(ctx: Context) -> dict:
@@ -286,8 +284,7 @@ def _run_teachers(ctx: Context) -> dict:
         "teachers.export", f"--model_dir={model_dir}", f"--export_dir={export_dirs[task]}",
         f"--world_dir={ctx.world_dir}"]
   for wave in teacher_waves(teacher_configs):
-    replicas = _cpu_replicas(ctx, len(wave))
-    ctx.run({f"{task} teacher": trains[task] + replicas for task in wave}, parallel=True)
+    _train(ctx, {f"{task} teacher": trains[task] for task in wave})
   ctx.run(exports, parallel=True)
   metrics = {}
   for task_metrics in _evaluate(ctx, export_dirs).values():
@@ -343,19 +340,20 @@ def _train_on_pseudo_labels(ctx: Context, runs: dict[str, tuple[str, list[str]]]
   by its tasks' metrics (the ones teachers.evaluate uses) -> ({name: metrics},
   the runs' `_training_summary`)."""
   override = ctx.config("student.yaml")
-  replicas = _cpu_replicas(ctx, len(runs))
-  ctx.run({name: _student_training(ctx, model_dir, tasks, None, "eval", "train_and_post_eval",
-                                   override) + replicas
-           for name, (model_dir, tasks) in runs.items()}, parallel=True)
+  _train(ctx, {name: _student_training(ctx, model_dir, tasks, None, "eval",
+                                       "train_and_post_eval", override)
+               for name, (model_dir, tasks) in runs.items()})
   return ({name: _eval_metrics(model_dir) for name, (model_dir, _) in runs.items()},
           _training_summary(ctx, [model_dir for model_dir, _ in runs.values()]))
 
 
-def _cpu_replicas(ctx: Context, runs: int) -> list[str]:
-  """`--cpu_replicas` that gives runs fewer than `--jobs` the spare cores: one
-  training process keeps about one core busy (must.training.cpu_strategy)."""
-  replicas = ctx.jobs // max(1, runs)
-  return [f"--cpu_replicas={replicas}"] if replicas > 1 else []
+def _train(ctx: Context, runs: dict[str, list[str]]) -> None:
+  """Runs training binaries `--jobs` at a time. Runs fewer than `--jobs` get the
+  spare cores as `--cpu_replicas`: one training process keeps about one core
+  busy (must.training.cpu_strategy)."""
+  replicas = ctx.jobs // max(1, len(runs))
+  flag = [f"--cpu_replicas={replicas}"] if replicas > 1 else []
+  ctx.run({name: args + flag for name, args in runs.items()}, parallel=True)
 
 
 def _run_student(ctx: Context) -> dict:
@@ -428,8 +426,7 @@ def _run_transfer(ctx: Context) -> dict:
       runs[f"{task} from {init}"] = _student_training(
           ctx, run_dir, [task], "transfer_train", "transfer_eval", "train_and_post_eval",
           architecture, settings.get("student") or {})
-  replicas = _cpu_replicas(ctx, len(runs))
-  ctx.run({name: args + replicas for name, args in runs.items()}, parallel=True)
+  _train(ctx, runs)
   results = {}
   for (task, init), run_dir in run_dirs.items():
     results.setdefault(init, {})[task] = _eval_metrics(run_dir)[task]
@@ -450,9 +447,7 @@ def _run_report(ctx: Context) -> dict:
       f"--output_dir={os.path.join(report_dir, 'pseudo_labels')}", "--num_images=8"]})
   summaries = {seed: {stage: seed_ctx.summary(stage) for stage, _ in SEED_STAGES}
                for seed, seed_ctx in by_seed.items()}
-  timings = [{"stage": "world", **timing(ctx.summary("world"))}]
-  for stage, _ in SEED_STAGES:
-    timings += [{"stage": stage, **timing(summaries[seed][stage])} for seed in ctx.seeds]
+  timings = timing_records(ctx)
   with open(os.path.join(report_dir, report.COMMANDS_FILE), "w") as f:
     f.write(f"# Every binary the demo ran, stage by stage (from {ctx.output_dir}).\n")
     stages = [("world", ctx)] + [(f"seed_{seed}/{stage}", seed_ctx) for seed, seed_ctx
@@ -488,6 +483,16 @@ def timing(summary: dict) -> dict:
   return {"seconds": summary.get("seconds"),
           "train_step_seconds": summary.get("train_step_seconds"),
           "parallel_slots": summary.get("parallel_slots", 1)}
+
+
+def timing_records(ctx: Context) -> list[dict]:
+  """The report's timing records: the world's stage, then each seed stage per
+  training seed of `ctx.seeds` (`report.timings_table` sums them per stage)."""
+  records = [{"stage": "world", **timing(ctx.summary("world"))}]
+  for stage, _ in SEED_STAGES:
+    records += [{"stage": stage, **timing(ctx.for_seed(seed).summary(stage))}
+                for seed in ctx.seeds]
+  return records
 
 
 # The stages that run once per training seed, in order, between world and report.
