@@ -29,7 +29,7 @@ beside them (or `--metadata`). Outputs under `--output_dir`:
   summary.json, dead_letters.jsonl  counts (records in = images + dead letters),
                                     selection and balancing per task and class
 
-Selection (see `exporters` for each task): `--min_score`, `--classes`
+Selection (each task's `select` in `must.tasks`): `--min_score`, `--classes`
 (names or ids), `--keep_empty`. The split is by image id: an image is held out
 when a hash of its id falls under `--holdout_fraction`, for every task alike,
 whatever the seed. `--balance_per_class N` balances each task's training
@@ -58,9 +58,10 @@ from apache_beam.options import pipeline_options
 
 import must  # noqa: F401  (legacy Keras switch before TensorFlow loads)
 from beam_pipelines import common
-from beam_pipelines import exporters
 from beam_pipelines import shards
 from must import schema as schema_lib
+from must import tasks as tasks_lib
+from must.tasks import base
 
 COCO, FILES, TFRECORDS = "coco", "files", "tfrecords"
 FORMATS = (COCO, FILES, TFRECORDS)
@@ -103,12 +104,12 @@ def run_config(options: pipeline_options.PipelineOptions) -> dict[str, Any]:
   """
   view = options.view_as(ExportOptions)
   config = shards.resolve(view)
-  available = [t for t in config["task_params"] if exporters.has(t)]
+  available = list(config["task_params"])
   tasks = [t.strip() for t in view.tasks.split(",") if t.strip()] or available
   for task in tasks:
     if task not in available:
       raise ValueError(f"--tasks: {task!r} is not exportable from these shards; "
-                       f"tasks with labels and an exporter: {available}")
+                       f"their tasks: {available}")
   formats = [f.strip() for f in view.formats.split(",") if f.strip()]
   if not formats or set(formats) - set(FORMATS):
     raise ValueError(f"--formats: {view.formats!r}; valid: {FORMATS}")
@@ -127,12 +128,16 @@ def run_config(options: pipeline_options.PipelineOptions) -> dict[str, Any]:
   return config
 
 
-def selection_of(config: Mapping[str, Any]) -> exporters.Selection:
+def selection_of(config: Mapping[str, Any]) -> base.Selection:
   selection = config["selection"]
   classes = selection["classes"]
-  return exporters.Selection(selection["min_score"],
-                             None if classes is None else frozenset(classes),
-                             selection["keep_empty"])
+  return base.Selection(selection["min_score"], None if classes is None else frozenset(classes),
+                        selection["keep_empty"])
+
+
+def task_of(config: Mapping[str, Any], name: str) -> base.Task:
+  """The `must.tasks` object of task `name` with the run's schema parameters."""
+  return tasks_lib.build(name, **config["task_params"][name])
 
 
 # -- Ids ------------------------------------------------------------------------
@@ -167,7 +172,7 @@ def select(example: shards.LabeledExample, config: Mapping[str, Any]) -> Selecte
   selection = selection_of(config)
   labels, filtered = {}, {}
   for task in config["tasks"]:
-    label, reason = exporters.get(task).select(example.labels[task], selection)
+    label, reason = task_of(config, task).select(example.labels[task], selection)
     if label is None:
       filtered[task] = reason
     else:
@@ -271,13 +276,12 @@ class Balance(beam.PTransform):
     seed: decides ties and which rare images get the extra copy.
   """
 
-  def __init__(self, task: str, target: int, seed: int):
+  def __init__(self, task: base.Task, target: int, seed: int):
     super().__init__()
     self.task, self.target, self.seed = task, target, seed
 
   def _key(self, selected: Selected) -> tuple[str, tuple[int, float] | None]:
-    return selected.example.id, exporters.get(self.task).balance_key(
-        selected.example.labels[self.task])
+    return selected.example.id, self.task.balance_key(selected.example.labels[self.task.name])
 
   def expand(self, selected):
     keyed = selected | "Key" >> beam.Map(self._key)
@@ -333,7 +337,7 @@ class WriteImageFilesFn(beam.DoFn):
       if task not in example.labels:
         entry["tasks"][task] = {"exported": False, "reason": selected.filtered[task]}
         continue
-      exporter = exporters.get(task)
+      exporter = task_of(self.config, task)
       info = {"exported": True, "source": example.provenance[task].source,
               "model": example.provenance[task].model}
       files = exporter.files(example.id, example.labels[task]) if self.write else {}
@@ -360,13 +364,13 @@ def _with_copies(item, tasks: Sequence[str]) -> dict[str, Any]:
   return entry
 
 
-def coco_image(selected: Selected, task: str) -> tuple[dict, list[dict]]:
+def coco_image(selected: Selected, task: base.Task) -> tuple[dict, list[dict]]:
   """(COCO image entry, its annotations without ids) of one selected image."""
   example = selected.example
   image = {"id": coco_image_id(example.id), "source_id": example.id,
            "file_name": example.source_path or example.id,
            "height": example.image_size[0], "width": example.image_size[1]}
-  annotations = exporters.get(task).coco_annotations(example.labels[task], example.image_size)
+  annotations = task.coco_annotations(example.labels[task.name], example.image_size)
   return image, [{**a, "image_id": image["id"]} for a in annotations]
 
 
@@ -438,7 +442,7 @@ class Export(beam.PTransform):
       train = selected | f"Train[{task}]" >> beam.Filter(
           lambda s, t=task: s.split == TRAIN and t in s.example.labels)
       copies[task] = train | f"Balance[{task}]" >> Balance(
-          task, config["balance_per_class"], config["seed"])
+          task_of(config, task), config["balance_per_class"], config["seed"])
       copies_counts.append(copies[task] | f"CopiesCounts[{task}]" >> beam.Map(
           _copies_counts, task))
 
@@ -461,9 +465,9 @@ class Export(beam.PTransform):
 
     if COCO in config["formats"]:
       num_classes = len(config["categories"])
-      for task in (t for t in tasks if exporters.get(t).writes_coco):
+      for task in (t for t in tasks if task_of(config, t).writes_coco):
         images = selected | f"CocoImages[{task}]" >> beam.FlatMap(
-            lambda s, t=task: [(s.split, coco_image(s, t))] if t in s.example.labels else [])
+            lambda s, t=task: [(s.split, coco_image(s, task_of(config, t)))] if t in s.example.labels else [])
         for split in SPLITS:
           (images
            | f"CocoSplit[{task},{split}]" >> beam.FlatMap(
@@ -483,7 +487,7 @@ class Export(beam.PTransform):
                 | "ManifestEntry" >> beam.Map(_with_copies, tasks))
     manifest | "WriteManifest" >> common.WriteJsonLines(common.join(output_dir, MANIFEST_FILE))
     if FILES in config["formats"]:
-      for task in (t for t in tasks if exporters.get(t).writes_json_lines):
+      for task in (t for t in tasks if task_of(config, t).writes_json_lines):
         (selected
          | f"JsonLines[{task}]" >> beam.FlatMap(_json_lines, task, config)
          | f"WriteJsonLines[{task}]" >> common.WriteJsonLines(
@@ -512,8 +516,8 @@ class Export(beam.PTransform):
 def _json_lines(selected: Selected, task: str, config: Mapping[str, Any]) -> list[dict]:
   if task not in selected.example.labels:
     return []
-  line = exporters.get(task).json_line(selected.example.id, selected.example.labels[task],
-                                       config["categories"], config["top_k"])
+  line = task_of(config, task).json_line(selected.example.id, selected.example.labels[task],
+                                         config["categories"], config["top_k"])
   return [{**line, "split": selected.split}]
 
 

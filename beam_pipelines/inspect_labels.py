@@ -39,9 +39,9 @@ import numpy as np
 
 import must  # noqa: F401  (legacy Keras switch before TensorFlow loads)
 from beam_pipelines import common
-from beam_pipelines import exporters
 from beam_pipelines import pseudo_label
 from beam_pipelines import shards
+from must import schema as schema_lib
 from must import visualize
 
 CONTACT_SHEET_FILE = "contact_sheet.png"
@@ -83,14 +83,18 @@ def run_config(options: pipeline_options.PipelineOptions) -> dict[str, Any]:
   return config
 
 
-def matches(example: shards.LabeledExample, filters: Mapping[str, Any]) -> bool:
-  """Whether one (class, score) item of the example's labels passes every filter."""
+def matches(example: shards.LabeledExample, filters: Mapping[str, Any],
+            tasks: Mapping[str, Any]) -> bool:
+  """Whether one (class, score) item of the example's labels passes every filter.
+
+  `tasks` maps task names to their `must.tasks` objects.
+  """
   classes = filters["classes"]
   scored = filters["min_score"] > 0.0 or filters["max_score"] < 1.0
   if classes is None and not scored:
     return True
   for task, label in example.labels.items():
-    for cls, score in exporters.get(task).scored_classes(label):
+    for cls, score in tasks[task].scored_classes(label):
       if classes is not None and cls not in classes:
         continue
       if scored and (score is None or not filters["min_score"] <= score <= filters["max_score"]):
@@ -99,9 +103,10 @@ def matches(example: shards.LabeledExample, filters: Mapping[str, Any]) -> bool:
   return False
 
 
-def example_stats(example: shards.LabeledExample) -> dict[str, dict[str, Any]]:
+def example_stats(example: shards.LabeledExample,
+                  tasks: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
   """One example's per-task statistics, as the labeling pipeline counts them."""
-  return {task: {"source": example.provenance[task].source, **pseudo_label.label_stats(label)}
+  return {task: {"source": example.provenance[task].source, **tasks[task].label_stats(label)}
           for task, label in example.labels.items()}
 
 
@@ -113,12 +118,13 @@ def sample_rank(example: shards.LabeledExample, seed: int) -> int:
 def draw_sheet(sample: Sequence[tuple[int, shards.LabeledExample]],
                config: Mapping[str, Any]) -> np.ndarray:
   """The contact sheet of the sampled examples, in sample order."""
+  tasks = schema_lib.Schema(config["task_params"]).tasks
   rows = []
   for _, example in sorted(sample, key=lambda item: item[0]):
     source = example.source_path.rsplit("/", 1)[-1] or example.path
-    tasks = ",".join(f"{t}:{example.provenance[t].source[0]}" for t in sorted(example.labels))
-    rows.append((f"{example.id}  {source}  [{tasks}]", visualize.labels_panels(
-        example.image, example.labels, config["categories"], scale=config["scale"],
+    sources = ",".join(f"{t}:{example.provenance[t].source[0]}" for t in sorted(example.labels))
+    rows.append((f"{example.id}  {source}  [{sources}]", visualize.labels_panels(
+        example.image, example.labels, tasks, config["categories"], scale=config["scale"],
         top_k=config["top_k"])))
   filters = {k: v for k, v in config["filters"].items() if v not in (None, 0.0, 1.0)}
   title = (f"{len(rows)} images, seed {config['seed']}"
@@ -172,10 +178,11 @@ class Inspect(beam.PTransform):
     read = pbegin | "ReadShards" >> shards.ReadLabeledShards(
         config["input_pattern"], config["task_params"])
     examples = read["examples"]
+    tasks = schema_lib.Schema(config["task_params"]).tasks
     stats = (examples
-             | "ExampleStats" >> beam.Map(example_stats)
+             | "ExampleStats" >> beam.Map(example_stats, tasks)
              | "TaskStats" >> beam.CombineGlobally(pseudo_label.LabelStatsFn()))
-    matching = examples | "Filter" >> beam.Filter(matches, config["filters"])
+    matching = examples | "Filter" >> beam.Filter(matches, config["filters"], tasks)
     seed = config["seed"]
     sample = (matching
               | "Rank" >> beam.Map(lambda e: (sample_rank(e, seed), e))

@@ -52,7 +52,6 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.ml.inference import base as inference_base
 from apache_beam.options import pipeline_options
-import numpy as np
 import yaml
 
 import must  # noqa: F401  (legacy Keras switch before TensorFlow loads)
@@ -62,6 +61,7 @@ from beam_pipelines import inference
 from must import schema as schema_lib
 from must import serving
 from must import tasks as tasks_lib
+from must.tasks import base
 
 IMAGES = "images"
 TFRECORD = "tfrecord"
@@ -71,7 +71,7 @@ EXAMPLES_PREFIX = "pseudo_labeled"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"
 SUMMARY_FILE = "summary.json"
 LABELING_FAILED = "labeling_failed"
-SCORE_BINS = 10
+SCORE_BINS = base.SCORE_BINS
 _BINNED = ("score_histogram", "ignored_fraction_histogram")  # SCORE_BINS bins over [0, 1]
 _CONFIG_KEYS = {"teachers", "thresholds", "task_params"}
 _TEACHER_KEYS = {"task", "path", "batch_size"}
@@ -255,46 +255,6 @@ class RunTeachers(beam.PTransform):
             | "Merge" >> beam.FlatMap(_merge_by_id))
 
 
-def _counts(values: np.ndarray) -> dict[int, int]:
-  ids, counts = np.unique(np.asarray(values).reshape(-1), return_counts=True)
-  return {int(i): int(c) for i, c in zip(ids, counts)}
-
-
-def label_stats(label: Any) -> dict[str, Any]:
-  """Summary numbers of one label, read from its fields (no task names).
-
-  `class_counts` is {class id: count}: the argmax class of a distribution
-  (count 1), boxes per class, or labeled (not ignored) pixels per class of a
-  mask.
-  """
-  stats = {}
-  if hasattr(label, "probs"):
-    stats["class_counts"] = {int(np.argmax(label.probs)): 1}
-  if hasattr(label, "boxes"):
-    stats["boxes"] = int(len(label.boxes))
-    stats["class_counts"] = _counts(label.classes)
-    scores = np.ones(len(label.boxes)) if label.scores is None else np.asarray(label.scores)
-    stats["score_histogram"] = np.histogram(np.clip(scores, 0, 1), SCORE_BINS,
-                                            (0.0, 1.0))[0].tolist()
-  if hasattr(label, "mask"):
-    mask = np.asarray(label.mask)
-    stats["ignored_pixels"] = int(np.sum(mask == 255))
-    stats["pixels"] = int(mask.size)
-    stats["class_counts"] = _counts(mask[mask != 255])
-    stats["ignored_fraction_histogram"] = np.histogram(
-        [stats["ignored_pixels"] / max(mask.size, 1)], SCORE_BINS, (0.0, 1.0))[0].tolist()
-  for field in ("depth", "normals"):
-    if hasattr(label, field):
-      values = np.asarray(getattr(label, field))
-      finite = values[np.isfinite(values)]
-      stats["pixels"] = int(values.shape[0] * values.shape[1])
-      stats["valid_pixels"] = int(np.all(np.isfinite(values.reshape(
-          values.shape[0], values.shape[1], -1)), axis=-1).sum())
-      if field == "depth" and finite.size:
-        stats["min"], stats["max"] = float(finite.min()), float(finite.max())
-  return stats
-
-
 class MakeExamplesFn(beam.DoFn):
   """(element, outputs) -> serialized tf.Example, plus its stats on 'stats'.
 
@@ -345,7 +305,8 @@ class MakeExamplesFn(beam.DoFn):
                                          element.image_size)
       labels[task] = self.schema.tasks[task].pseudo_label(
           resized, element.image_size, **self.config["thresholds"].get(task, {}))
-      stats[task] = {"source": schema_lib.PSEUDO, **label_stats(labels[task])}
+      stats[task] = {"source": schema_lib.PSEUDO,
+                     **self.schema.tasks[task].label_stats(labels[task])}
     example = self.schema.encode(
         element.image, labels, provenance={t: self.provenance[t] for t in labels},
         encoded=element.encoded, image_format=element.image_format, source_id=element.id)

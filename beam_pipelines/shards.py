@@ -3,7 +3,7 @@
 The export and inspection pipelines read the TFRecord shards the labeling
 pipeline writes (or any shards in `must.schema` form). `ReadLabeledShards`
 turns them into `LabeledExample`s, one per distinct image id, with each task's
-label as that task's label dataclass (see `exporters`). What cannot be used is
+label as that task's label dataclass (`Task.from_decoded`). What cannot be used is
 a dead letter {path, reason, detail}, never an error:
 
   unreadable_shard  a shard that stops reading (corrupt or truncated file)
@@ -31,7 +31,6 @@ import tensorflow as tf
 
 from beam_pipelines import common
 from beam_pipelines import decode
-from beam_pipelines import exporters
 from must import image_codec
 from must import schema as schema_lib
 
@@ -276,7 +275,6 @@ class DecodeLabeledFn(beam.DoFn):
     # One traced graph per worker: eager decoding op by op costs about 4x more.
     self.decode = tf.function(self.schema.decode,
                               input_signature=[tf.TensorSpec([], tf.string)])
-    self.exporters = {t: exporters.get(t) for t in self.schema.tasks if exporters.has(t)}
     self.decoded = beam.metrics.Metrics.counter(_NAMESPACE, "examples_decoded")
     self.dead = beam.metrics.Metrics.counter(_NAMESPACE, "dead_letters")
 
@@ -287,11 +285,11 @@ class DecodeLabeledFn(beam.DoFn):
       decoded = tf.nest.map_structure(lambda t: t.numpy(),
                                       self.decode(tf.constant(record)))
       labels, provenance = {}, {}
-      for task, exporter in self.exporters.items():
-        if decoded[task]["present"]:
-          labels[task] = exporter.from_decoded(decoded[task])
-          provenance[task] = schema_lib.Provenance(decoded[task]["source"].decode(),
-                                                   decoded[task]["model"].decode())
+      for task_name, task in self.schema.tasks.items():
+        if decoded[task_name]["present"]:
+          labels[task_name] = task.from_decoded(decoded[task_name])
+          provenance[task_name] = schema_lib.Provenance(
+              decoded[task_name]["source"].decode(), decoded[task_name]["model"].decode())
     except Exception as e:  # pylint: disable=broad-except  (one example never fails the job)
       self.dead.inc()
       yield beam.pvalue.TaggedOutput(decode.DEAD_LETTERS, decode.dead_letter(

@@ -42,7 +42,7 @@ def write_rate(size: int, scenes: int, workers: int) -> float:
 
 def label_bytes(params: scene_lib.RenderParams, scenes: int) -> dict[str, float]:
   schema = schema_lib.Schema(writer.task_params())
-  sizes = {name: [] for name in ["image (jpeg q95)", "image (png)", *writer.ALL_TASKS]}
+  sizes = {name: [] for name in ["image (jpeg q95)", "image (png)", *writer.task_params()]}
   for i in range(scenes):
     scene = scene_lib.render_scene(scene_lib.scene_rng(0, "bytes", i), params)
     sizes["image (jpeg q95)"].append(len(image_codec.encode_jpeg(scene.image, 95)))

@@ -470,7 +470,7 @@ def _run_report(ctx: Context) -> dict:
       {seed: summaries[seed]["student"]["metrics"] for seed in ctx.seeds}, timings,
       baselines={seed: summaries[seed]["baselines"]["metrics"] for seed in ctx.seeds},
       transfer={seed: summaries[seed]["transfer"]["metrics"] for seed in ctx.seeds},
-      transfer_skipped=skipped,
+      transfer_skipped=skipped, transfer_claim_config=ctx.config("transfer.yaml").get("claim"),
       reproduce=f"python -m must.demo --config_dir={ctx.config_dir} "
                 f"--output_dir={ctx.output_dir} --seeds={','.join(map(str, ctx.seeds))}",
       pseudo_labels=pseudo_labels)
@@ -554,8 +554,12 @@ def check_configs(config_dir: str) -> None:
   check_tasks(thresholds, must_tasks.names(), "pseudo_label.yaml", "thresholds for unknown tasks")
   check_tasks(read("baselines.yaml", {"tasks"}).get("tasks"), teacher_tasks, "baselines.yaml",
               "baselines for tasks with no teacher (no pseudo labels)")
-  transfer = read("transfer.yaml", {"tasks", "student"})
+  transfer = read("transfer.yaml", {"tasks", "student", "claim"})
   check_tasks(transfer.get("tasks"), must_tasks.names(), "transfer.yaml", "unknown tasks")
+  claim = transfer.get("claim") or {}
+  if claim and (set(claim) != {"task", "rivals"} or claim["task"] not in transfer.get("tasks", [])):
+    raise ValueError(f"{os.path.join(config_dir, 'transfer.yaml')}: claim must be "
+                     f"{{task: one of its tasks, rivals: [initializations]}}, got {claim}")
   check_override(student_config.EXPERIMENT, transfer.get("student"),
                  f"{os.path.join(config_dir, 'transfer.yaml')} (student)")
 

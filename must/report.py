@@ -27,9 +27,6 @@ FIGURE_FILE = "metrics.png"
 PSEUDO_LABEL_SHEET = "pseudo_labels/contact_sheet.png"
 CLAIM_RATIO = 0.9  # the student should reach this fraction of each teacher's metric
 COMMANDS_FILE = "commands.sh"
-TRANSFER_CLAIM_TASK = "surface_normals"  # no teacher taught it
-TRANSFER_CLAIM_RIVALS = ("scratch", "classification teacher")
-LOWER_IS_BETTER = ("mean_angle", "abs_rel")
 
 HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
 SPREAD = "half the range between the lowest and the highest seed"
@@ -160,7 +157,7 @@ def transfer_table(transfer: Seeded) -> str:
   best = {}
   for task, name in columns:
     means = [_mean(v) for (_, t, n), v in values.items() if (t, n) == (task, name)]
-    best[task, name] = min(means) if name in LOWER_IS_BETTER else max(means)
+    best[task, name] = min(means) if name in tasks.get(task).lower_is_better else max(means)
   lines = ["| initialization | " + " | ".join(f"{t} {n}" for t, n in columns) + " |",
            "|---" * (len(columns) + 1) + "|"]
   for init in inits:
@@ -173,27 +170,34 @@ def transfer_table(transfer: Seeded) -> str:
   return "\n".join(lines)
 
 
-def transfer_verdicts(transfer: Seeded | None) -> list[dict] | None:
-  """Whether the MuST backbone transfers better than each rival on surface
-  normals (primary metric): for the means and for every seed.
+def transfer_verdicts(transfer: Seeded | None, claim: Mapping | None) -> list[dict] | None:
+  """Whether the MuST backbone transfers better than each rival on the claim's
+  task (primary metric): for the means and for every seed.
+
+  Args:
+    transfer: seed -> initialization -> task -> metrics.
+    claim: {'task': a task no teacher taught, 'rivals': initializations}
+      (transfer.yaml's `claim`); None: no claim.
 
   Returns:
     None when the MuST student was not fine-tuned on the task; else one dict
     per rival: {"rival", "seeds", "must", "values" (the rival's, per seed),
     "verdict"}, with "values" None and "verdict" None when the rival did not run.
   """
-  metric = tasks.get(TRANSFER_CLAIM_TASK).primary_metric
+  if not claim:
+    return None
+  task = claim["task"]
+  metric = tasks.get(task).primary_metric
 
   def scores(init: str) -> dict:
-    return {seed: by_init[init][TRANSFER_CLAIM_TASK][metric]
-            for seed, by_init in (transfer or {}).items()
-            if metric in by_init.get(init, {}).get(TRANSFER_CLAIM_TASK, {})}
+    return {seed: by_init[init][task][metric] for seed, by_init in (transfer or {}).items()
+            if metric in by_init.get(init, {}).get(task, {})}
 
   must = scores("MuST student")
   if not must:
     return None
   claims = []
-  for rival in TRANSFER_CLAIM_RIVALS:
+  for rival in claim["rivals"]:
     theirs = scores(rival)
     seeds = [seed for seed in must if seed in theirs]
     if not seeds:
@@ -207,40 +211,43 @@ def transfer_verdicts(transfer: Seeded | None) -> list[dict] | None:
   return claims
 
 
-def transfer_claim(transfer: Seeded | None) -> str:
-  """Whether the MuST backbone transfers better than scratch and than the
-  classification teacher on surface normals (primary metric), as a sentence;
-  an undecided rival comes with the per-seed values."""
-  metric = tasks.get(TRANSFER_CLAIM_TASK).primary_metric
-  claims = transfer_verdicts(transfer)
+def transfer_claim(transfer: Seeded | None, claim: Mapping | None) -> str:
+  """Whether the MuST backbone transfers better than each of the claim's rivals
+  on its task (primary metric), as a sentence; an undecided rival comes with
+  the per-seed values."""
+  if not claim:
+    return "No transfer claim is configured (transfer.yaml: claim)."
+  metric = tasks.get(claim["task"]).primary_metric
+  claims = transfer_verdicts(transfer, claim)
   if claims is None:
-    return f"The MuST student was not fine-tuned on {TRANSFER_CLAIM_TASK}; the claim is untested."
+    return f"The MuST student was not fine-tuned on {claim['task']}; the claim is untested."
   parts = []
-  for claim in claims:
-    if claim["verdict"] is None:
-      parts.append(f"{claim['rival']}: not run")
+  for rival in claims:
+    if rival["verdict"] is None:
+      parts.append(f"{rival['rival']}: not run")
       continue
-    part = f"{claim['rival']} ({format_stat(claim['values'])}): {claim['verdict']}"
-    if claim["verdict"] == UNDECIDED:
-      part += " (per seed, MuST vs " + claim["rival"] + ": " + ", ".join(
+    part = f"{rival['rival']} ({format_stat(rival['values'])}): {rival['verdict']}"
+    if rival["verdict"] == UNDECIDED:
+      part += " (per seed, MuST vs " + rival["rival"] + ": " + ", ".join(
           f"seed {s} {a:.3f} vs {b:.3f}"
-          for s, a, b in zip(claim["seeds"], claim["must"], claim["values"])) + ")"
+          for s, a, b in zip(rival["seeds"], rival["must"], rival["values"])) + ")"
     parts.append(part)
   return (f"The paper's claim that the MuST backbone transfers better, on "
-          f"{TRANSFER_CLAIM_TASK} {metric} (MuST {format_stat(claims[0]['must'])}), than: " +
+          f"{claim['task']} {metric} (MuST {format_stat(claims[0]['must'])}), than: " +
           "; ".join(parts) + ".")
 
 
-def claims_sentence(rows: list[dict], transfer: Seeded | None, seeds: Sequence) -> str:
+def claims_sentence(rows: list[dict], transfer: Seeded | None, seeds: Sequence,
+                    claim: Mapping | None = None) -> str:
   """One sentence: which of the paper's claims hold, which do not, which are
   undecided, over how many seeds."""
   buckets = {HOLDS: [], FAILS: [], UNDECIDED: []}
   for row in rows:
     buckets[row["verdict"]].append(f"student >= {CLAIM_RATIO} of teacher on {row['task']}")
-  for claim in transfer_verdicts(transfer) or []:
-    if claim["verdict"] is not None:
-      buckets[claim["verdict"]].append(
-          f"MuST backbone beats {claim['rival']} on {TRANSFER_CLAIM_TASK}")
+  for rival in transfer_verdicts(transfer, claim) or []:
+    if rival["verdict"] is not None:
+      buckets[rival["verdict"]].append(
+          f"MuST backbone beats {rival['rival']} on {claim['task']}")
   seeds = list(seeds)
   over = (f"Over {len(seeds)} training seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1
           else f"With one training seed ({seeds[0]})" if seeds else "With no seed")
@@ -404,6 +411,7 @@ def write(report_dir: str, teachers: Seeded, student: Seeded,
           timings: Iterable[Mapping], baselines: Seeded | None = None,
           transfer: Seeded | None = None,
           transfer_skipped: Mapping[str, str] | None = None,
+          transfer_claim_config: Mapping | None = None,
           reproduce: str = "make demo",
           pseudo_labels: Seeded | None = None) -> str:
   """Writes report.md and metrics.png; returns the Markdown.
@@ -417,6 +425,8 @@ def write(report_dir: str, teachers: Seeded, student: Seeded,
     transfer: seed -> initialization -> downstream task -> metrics, when the
       transfer study ran.
     transfer_skipped: initialization -> why it was left out.
+    transfer_claim_config: {'task', 'rivals'} of the transfer claim
+      (transfer.yaml's `claim`).
     reproduce: the command that reran this demo; every binary it ran is
       listed in `commands.sh` beside the report.
     pseudo_labels: seed -> per-task label statistics of the pseudo-labeling run.
@@ -441,7 +451,7 @@ def write(report_dir: str, teachers: Seeded, student: Seeded,
     labels = pseudo_label_summary(next(iter((pseudo_labels or {0: {}}).values())))
   text = f"""# MuST on the procedural world
 
-{claims_sentence(rows, transfer, seeds)}
+{claims_sentence(rows, transfer, seeds, transfer_claim_config)}
 
 {numbers}
 
@@ -470,7 +480,7 @@ Every metric:
 
 {transfer_table(transfer) if transfer else 'The transfer study did not run.'}
 
-{transfer_claim(transfer) if transfer else ''}
+{transfer_claim(transfer, transfer_claim_config) if transfer else ''}
 
 {chr(10).join(f"- {init} left out: {why}." for init, why in (transfer_skipped or {}).items())}
 

@@ -140,77 +140,25 @@ def grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 4) -> np.ndarray:
   return sheet
 
 
-def label_panels(image: np.ndarray, names: Sequence[str], *, scale: int = 3,
-                 boxes=None, classes=None, scores=None, mask=None, depth=None,
-                 depth_valid=None, depth_is_inverse=False, normals=None,
-                 normals_valid=None, probs=None, top_k: int = 3) -> list[np.ndarray]:
-  """One row of captioned panels showing whichever labels are given.
+def labels_panels(image: np.ndarray, labels: Mapping[str, Any], tasks: Mapping[str, Any],
+                  names: Sequence[str], *, scale: int = 3, top_k: int = 3) -> list[np.ndarray]:
+  """One row of captioned panels: the image, then each label as its task draws it.
 
   Args:
     image: uint8 [H, W, 3].
+    labels: task name -> that task's label dataclass.
+    tasks: task name -> its `must.tasks` object (`title` and `draw`).
     names: category names by id (0 = background).
-    scale: nearest-neighbour upscaling of every panel.
-    boxes, classes, scores: detection (normalized boxes).
-    mask: segmentation class ids [H, W].
-    depth, depth_valid: depth map; `depth_is_inverse` for relative inverse depth.
-    normals, normals_valid: surface normals [H, W, 3].
-    probs: class distribution; the top-k classes caption the image panel.
-    top_k: how many classes to name.
-
-  Returns:
-    The panels, image first.
-  """
-  num_classes = len(names)
-  title = "image"
-  if probs is not None:
-    top = np.argsort(-np.asarray(probs))[:top_k]
-    title = " ".join(f"{names[i] if i < num_classes else i}:{probs[i]:.2f}" for i in top)
-  big = upscale(image, scale)
-  panels = [caption(big, title)]
-  if boxes is not None:
-    panels.append(caption(draw_boxes(big, boxes, classes, names, scores), "boxes"))
-  if mask is not None:
-    panels.append(caption(overlay_mask(big, upscale(mask, scale), num_classes), "mask"))
-  if depth is not None:
-    panels.append(caption(upscale(colorize_depth(depth, depth_valid,
-                                                 inverse=not depth_is_inverse), scale), "depth"))
-  if normals is not None:
-    panels.append(caption(upscale(colorize_normals(normals, normals_valid), scale), "normals"))
-  return panels
-
-
-def labels_panels(image: np.ndarray, labels: Mapping[str, Any], names: Sequence[str], *,
-                  scale: int = 3, top_k: int = 3) -> list[np.ndarray]:
-  """`label_panels` for label dataclasses of any tasks, read by their fields.
-
-  Args:
-    image: uint8 [H, W, 3].
-    labels: task name -> label dataclass (`probs`, `boxes`/`classes`/`scores`,
-      `mask`, `depth`/`kind`, `normals`); NaN marks pixels without depth or
-      normal.
-    names: category names by id.
     scale: nearest-neighbour upscaling of every panel.
     top_k: classes named on the image panel.
   """
-  kwargs = {}
-  for label in labels.values():
-    if hasattr(label, "probs"):
-      kwargs["probs"] = np.asarray(label.probs)
-    if hasattr(label, "boxes"):
-      kwargs.update(boxes=np.asarray(label.boxes), classes=np.asarray(label.classes),
-                    scores=None if label.scores is None else np.asarray(label.scores))
-    if hasattr(label, "mask"):
-      kwargs["mask"] = np.asarray(label.mask)
-    if hasattr(label, "depth"):
-      values = np.asarray(label.depth, np.float32)
-      valid = np.isfinite(values)
-      kwargs.update(depth=np.where(valid, values, 0), depth_valid=valid,
-                    depth_is_inverse=getattr(label, "kind", "") == "relative_inverse")
-    if hasattr(label, "normals"):
-      normals = np.asarray(label.normals, np.float32)
-      valid = np.all(np.isfinite(normals), axis=-1)
-      kwargs.update(normals=np.nan_to_num(normals), normals_valid=valid)
-  return label_panels(image, names, scale=scale, top_k=top_k, **kwargs)
+  big = upscale(image, scale)
+  title = " ".join(filter(None, (tasks[t].title(label, names, top_k)
+                                 for t, label in labels.items())))
+  panels = [caption(big, title or "image")]
+  for task, label in labels.items():
+    panels += [caption(panel, text) for panel, text in tasks[task].draw(label, big, names, scale)]
+  return panels
 
 
 def contact_sheet(rows: Sequence[tuple[str, Sequence[np.ndarray]]], title: str = "") -> np.ndarray:

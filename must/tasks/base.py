@@ -6,13 +6,47 @@ Later layers (pseudo-labeling, the student's head and loss, metrics) hang off
 the same task object, so each task lives in exactly one module of `must.tasks`.
 """
 import abc
-from typing import Any, ClassVar, Mapping
+import dataclasses
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 Features = dict[str, tf.train.Feature]
 FeatureSpec = dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]
+
+# Why an exporter drops a label (`Task.select`).
+BELOW_MIN_SCORE = "below_min_score"
+CLASS_NOT_SELECTED = "class_not_selected"
+NO_BOXES = "no_boxes"
+SCORE_BINS = 10  # bins of the score histograms of `Task.label_stats`
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """What to export.
+
+  Attributes:
+    min_score: the lowest detection score / top-1 class probability kept.
+    classes: category ids to keep; None keeps every class.
+    keep_empty: keep detection images left without boxes.
+  """
+  min_score: float = 0.0
+  classes: frozenset[int] | None = None
+  keep_empty: bool = False
+
+
+def in_classes(values, classes: frozenset[int] | None) -> np.ndarray:
+  """Which of `values` are in `classes` (all of them when `classes` is None)."""
+  if classes is None:
+    return np.ones(np.shape(values), bool)
+  return np.isin(values, sorted(classes))
+
+
+def class_counts(values) -> dict[int, int]:
+  """{value: how often it occurs} of an integer array."""
+  ids, counts = np.unique(np.asarray(values).reshape(-1), return_counts=True)
+  return {int(i): int(c) for i, c in zip(ids, counts)}
 
 
 def bytes_feature(*values: bytes | str) -> tf.train.Feature:
@@ -56,16 +90,29 @@ class Metric(abc.ABC):
 
 
 class Task(abc.ABC):
-  """One vision task: its label and its tf.Example features.
+  """One vision task: everything the engine does with its labels.
 
-  Subclasses set `name` (the registry key) and implement the three methods.
+  Subclasses set `name` (the registry key) and implement the abstract
+  methods; the others have defaults for tasks they do not apply to.
   Constructor keyword arguments are the task's parameters (e.g. the number of
   classes), so `must.tasks.build(name, **params)` makes one.
+
+  Nothing outside `must.tasks` names a task: the world, the pipelines, the
+  student, the export, inspection and the report only call these methods.
   """
 
   name: ClassVar[str]
-  # The metric (a key of `metric().result()`) reports compare models on; higher is better.
+  # The metric (a key of `metric().result()`) reports compare models on.
   primary_metric: ClassVar[str]
+  # Metric keys where lower is better (e.g. an error); every other is higher-better.
+  lower_is_better: ClassVar[tuple[str, ...]] = ()
+  # Whether the task's parameters include `num_classes` (the category space).
+  has_classes: ClassVar[bool] = False
+  # Whether the procedural world writes a labeled split to train a teacher on.
+  world_teacher_split: ClassVar[bool] = False
+  # Export formats beside per-image files: a COCO file, JSON lines.
+  writes_coco: ClassVar[bool] = False
+  writes_json_lines: ClassVar[bool] = False
   # How the student weighs this task's loss by default: 'teacher' applies the
   # paper's rule w = (b_s * lr_t) / (b_t * lr_s) from the teacher's metadata;
   # 'fixed' uses 1 (the paper weighs depth on its own).
@@ -124,6 +171,70 @@ class Task(abc.ABC):
     Returns:
       A dict of tensors, this task's part of the decoded example.
     """
+
+
+  # -- The procedural world --------------------------------------------------
+
+  def world_label(self, scene: Any) -> Any | None:
+    """The ground-truth label of a `must.world.scene.Scene`; None: the world has none."""
+    del scene
+    return None
+
+  # -- Export, statistics, drawing (NumPy, inside Beam DoFns) -----------------
+
+  @abc.abstractmethod
+  def from_decoded(self, decoded: Mapping[str, np.ndarray]) -> Any:
+    """This task's part of `Schema.decode` (NumPy values) -> its label dataclass."""
+
+  def select(self, label: Any, selection: Selection) -> tuple[Any | None, str]:
+    """(the label to export, '') or (None, the reason it is not exported)."""
+    del selection
+    return label, ""
+
+  def balance_key(self, label: Any) -> tuple[int, float] | None:
+    """(class, score): the class it is balanced under and its rank; None: not balanced."""
+    del label
+    return None
+
+  def scored_classes(self, label: Any) -> list[tuple[int, float | None]]:
+    """What a filter by class or score looks at: (class, score or None) items."""
+    del label
+    return []
+
+  def files(self, image_id: str, label: Any) -> dict[str, bytes]:
+    """Per-image export files of this task: file name -> bytes."""
+    del image_id, label
+    return {}
+
+  def json_line(self, image_id: str, label: Any, names: Sequence[str],
+                top_k: int) -> dict[str, Any]:
+    """One JSON-lines record of the image (tasks with `writes_json_lines`)."""
+    raise ValueError(f"{self.name} has no JSON-lines export")
+
+  def coco_annotations(self, label: Any, image_size: tuple[int, int]) -> list[dict[str, Any]]:
+    """COCO annotations (without ids) of one image (tasks with `writes_coco`)."""
+    del label, image_size
+    return []
+
+  def label_stats(self, label: Any) -> dict[str, Any]:
+    """Summary numbers of one label: ints, {class id: count} dicts, histogram lists.
+
+    `class_counts` is {class id: count}; `pixels` / `valid_pixels` count
+    dense labels; `score_histogram` has `SCORE_BINS` bins over [0, 1].
+    """
+    del label
+    return {}
+
+  def title(self, label: Any, names: Sequence[str], top_k: int) -> str:
+    """Text for the caption of the image panel ('' for none)."""
+    del label, names, top_k
+    return ""
+
+  def draw(self, label: Any, image: np.ndarray, names: Sequence[str],
+           scale: int) -> list[tuple[np.ndarray, str]]:
+    """(panel, caption) pairs showing the label on `image` (upscaled by `scale`)."""
+    del label, image, names, scale
+    return []
 
 
 def check_dense_shape(name: str, array: np.ndarray, image_size: tuple[int, int]) -> None:

@@ -46,6 +46,9 @@ class Classification(base.Task):
 
   name = "classification"
   primary_metric = "top1"
+  has_classes = True
+  world_teacher_split = True
+  writes_json_lines = True
 
   def __init__(self, num_classes: int, top_k: int | None = None):
     if num_classes < 1:
@@ -111,6 +114,43 @@ class Classification(base.Task):
     probs = tf.scatter_nd(ids[:, None], base.dense(parsed, SOFT_PROB),
                           [self.num_classes])
     return {"label": tf.cast(parsed[LABEL], tf.int32), "probs": probs}
+
+  def world_label(self, scene):
+    return ClassificationLabel.one_hot(scene.image_class, self.num_classes)
+
+  def from_decoded(self, decoded):
+    return ClassificationLabel(np.asarray(decoded["probs"], np.float32))
+
+  def select(self, label, selection):
+    """Kept when the top-1 class is selected and its probability >= min_score."""
+    probs = np.asarray(label.probs)
+    if probs.max(initial=0.0) < selection.min_score:
+      return None, base.BELOW_MIN_SCORE
+    if not base.in_classes(int(np.argmax(probs)), selection.classes):
+      return None, base.CLASS_NOT_SELECTED
+    return label, ""
+
+  def balance_key(self, label):
+    """Balanced by the top-1 class, ranked by its probability."""
+    return int(np.argmax(label.probs)), float(np.max(label.probs))
+
+  def scored_classes(self, label):
+    return [self.balance_key(label)]
+
+  def json_line(self, image_id, label, names, top_k):
+    probs = np.asarray(label.probs)
+    top = [int(i) for i in np.argsort(-probs, kind="stable")[:top_k] if probs[i] > 0]
+    return {"id": image_id, "label": int(np.argmax(probs)),
+            "top_k": [{"class_id": i, "name": names[i] if i < len(names) else str(i),
+                       "prob": float(probs[i])} for i in top]}
+
+  def label_stats(self, label):
+    return {"class_counts": {int(np.argmax(label.probs)): 1}}
+
+  def title(self, label, names, top_k):
+    probs = np.asarray(label.probs)
+    return " ".join(f"{names[i] if i < len(names) else i}:{probs[i]:.2f}"
+                    for i in np.argsort(-probs)[:top_k])
 
 
 class TopOneAccuracy(base.Metric):

@@ -8,6 +8,7 @@ teachers predict) or `metric` (distance along the camera axis: ground truth).
 The quantization error is at most scale / 2 = (max - min) / 131068.
 """
 import dataclasses
+import json
 from typing import Tuple
 
 import numpy as np
@@ -15,6 +16,7 @@ import tensorflow as tf
 
 from must import image_codec
 from must import tasks
+from must import visualize
 from must.tasks import base
 from must.tasks import heads
 
@@ -59,7 +61,9 @@ class Depth(base.Task):
 
   name = "depth"
   primary_metric = "delta_1.25"
+  lower_is_better = ("abs_rel",)
   student_loss_weight_rule = "fixed"
+  world_teacher_split = True
 
   def features(self, label: DepthLabel, image_size) -> base.Features:
     if label.kind not in KINDS:
@@ -109,6 +113,37 @@ class Depth(base.Task):
     values = parsed[SHIFT] + parsed[SCALE] * (tf.cast(codes, tf.float32) - 1.0)
     valid = codes > 0
     return {"depth": tf.where(valid, values, 0.0), "valid": valid, "kind": parsed[KIND]}
+
+  def world_label(self, scene):
+    return DepthLabel(scene.depth, kind="metric")
+
+  def from_decoded(self, decoded):
+    values = np.asarray(decoded["depth"], np.float32)
+    return DepthLabel(np.where(decoded["valid"], values, np.float32(np.nan)),
+                      kind=decoded["kind"].decode() or KINDS[0])
+
+  def files(self, image_id, label):
+    """A 16-bit PNG plus a JSON side file with its scale and shift."""
+    codes, scale, shift = quantize(label.depth)
+    side = {"scale": float(scale), "shift": float(shift), "kind": label.kind,
+            "decode": "value = shift + scale * (code - 1); code 0 = no depth"}
+    return {f"{image_id}.png": image_codec.encode_png(codes),
+            f"{image_id}.json": json.dumps(side, sort_keys=True).encode()}
+
+  def label_stats(self, label):
+    values = np.asarray(label.depth)
+    finite = values[np.isfinite(values)]
+    stats = {"pixels": int(values.size), "valid_pixels": int(finite.size)}
+    if finite.size:
+      stats["min"], stats["max"] = float(finite.min()), float(finite.max())
+    return stats
+
+  def draw(self, label, image, names, scale):
+    values = np.asarray(label.depth, np.float32)
+    valid = np.isfinite(values)
+    colors = visualize.colorize_depth(np.where(valid, values, 0), valid,
+                                      inverse=label.kind != "relative_inverse")
+    return [(visualize.upscale(colors, scale), "depth")]
 
 
 def align_scale_shift(prediction: np.ndarray, target: np.ndarray,

@@ -17,6 +17,7 @@ import tensorflow as tf
 import tf_keras
 
 from must import tasks
+from must import visualize
 from must.tasks import base
 from must.tasks import heads
 from official.vision.losses import focal_loss
@@ -60,6 +61,9 @@ class Detection(base.Task):
 
   name = "detection"
   primary_metric = "AP"
+  has_classes = True
+  world_teacher_split = True
+  writes_coco = True
 
   def __init__(self, num_classes: int):
     self.num_classes = num_classes
@@ -141,6 +145,64 @@ class Detection(base.Task):
         "areas": base.dense(parsed, AREA),
         "is_crowd": tf.cast(base.dense(parsed, IS_CROWD), tf.bool),
     }
+
+  def world_label(self, scene):
+    areas = np.bincount(scene.instances.ravel())[scene.box_instance_ids].astype(np.float32)
+    return DetectionLabel(scene.boxes, scene.classes, areas=areas)
+
+  def from_decoded(self, decoded):
+    return DetectionLabel(
+        boxes=np.asarray(decoded["boxes"], np.float32).reshape(-1, 4),
+        classes=np.asarray(decoded["classes"], np.int64),
+        scores=np.asarray(decoded["scores"], np.float32),
+        areas=np.asarray(decoded["areas"], np.float32),
+        is_crowd=np.asarray(decoded["is_crowd"], np.int64))
+
+  def select(self, label, selection):
+    """Drops boxes under min_score or outside the classes, and images left without one."""
+    scores = np.asarray(label.scores)
+    good = scores >= selection.min_score
+    keep = good & base.in_classes(label.classes, selection.classes)
+    if not keep.any() and not selection.keep_empty:
+      if not len(scores):
+        return None, base.NO_BOXES
+      return None, base.BELOW_MIN_SCORE if not good.any() else base.CLASS_NOT_SELECTED
+    return DetectionLabel(
+        boxes=label.boxes[keep], classes=label.classes[keep], scores=scores[keep],
+        areas=np.asarray(label.areas)[keep], is_crowd=np.asarray(label.is_crowd)[keep]), ""
+
+  def balance_key(self, label):
+    """Balanced by the class of the best box, ranked by its score."""
+    if not len(label.classes):
+      return 0, 0.0
+    best = int(np.argmax(label.scores))
+    return int(label.classes[best]), float(label.scores[best])
+
+  def scored_classes(self, label):
+    return [(int(c), float(s)) for c, s in zip(label.classes, label.scores)]
+
+  def coco_annotations(self, label, image_size):
+    height, width = image_size
+    annotations = []
+    for box, cls, score, area, crowd in zip(label.boxes, label.classes, label.scores,
+                                            label.areas, label.is_crowd):
+      ymin, xmin, ymax, xmax = (float(v) for v in box)
+      annotations.append({
+          "category_id": int(cls), "score": float(score), "iscrowd": int(crowd),
+          "bbox": [xmin * width, ymin * height, (xmax - xmin) * width, (ymax - ymin) * height],
+          "area": float(area)})
+    return annotations
+
+  def label_stats(self, label):
+    scores = np.ones(len(label.boxes)) if label.scores is None else np.asarray(label.scores)
+    return {"boxes": int(len(label.boxes)), "class_counts": base.class_counts(label.classes),
+            "score_histogram": np.histogram(np.clip(scores, 0, 1), base.SCORE_BINS,
+                                            (0.0, 1.0))[0].tolist()}
+
+  def draw(self, label, image, names, scale):
+    scores = None if label.scores is None else np.asarray(label.scores)
+    return [(visualize.draw_boxes(image, np.asarray(label.boxes), np.asarray(label.classes),
+                                  names, scores), "boxes")]
 
 
 class CocoAP(base.Metric):

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from must import image_codec
 from must import tasks
+from must import visualize
 from must.tasks import base
 from must.tasks import heads
 
@@ -34,6 +35,8 @@ class Segmentation(base.Task):
 
   name = "segmentation"
   primary_metric = "miou"
+  has_classes = True
+  world_teacher_split = True
 
   def __init__(self, num_classes: int):
     if not 1 <= num_classes <= IGNORE_LABEL:
@@ -91,6 +94,52 @@ class Segmentation(base.Task):
     mask = base.decode_png_or_fill(parsed[ENCODED], present, image_size, 1, tf.uint8,
                                    IGNORE_LABEL)
     return {"mask": mask}
+
+  def world_label(self, scene):
+    return SegmentationLabel(scene.semantic)
+
+  def from_decoded(self, decoded):
+    return SegmentationLabel(np.asarray(decoded["mask"], np.uint8))
+
+  def select(self, label, selection):
+    """Pixels of unselected classes become background; an image left without one is dropped."""
+    if selection.classes is None:
+      return label, ""
+    mask = np.asarray(label.mask)
+    objects = (mask != 0) & (mask != IGNORE_LABEL)
+    other = objects & ~base.in_classes(mask, selection.classes)
+    if not (objects & ~other).any():
+      return None, base.CLASS_NOT_SELECTED
+    return SegmentationLabel(np.where(other, 0, mask).astype(np.uint8)), ""
+
+  def balance_key(self, label):
+    """Balanced by the most frequent object class, ranked by the labeled fraction."""
+    mask = np.asarray(label.mask)
+    labeled = float(np.mean(mask != IGNORE_LABEL))
+    objects = mask[(mask != 0) & (mask != IGNORE_LABEL)]
+    if not objects.size:
+      return 0, labeled
+    return int(np.argmax(np.bincount(objects))), labeled
+
+  def scored_classes(self, label):
+    mask = np.asarray(label.mask)
+    return [(int(c), None) for c in np.unique(mask) if c not in (0, IGNORE_LABEL)]
+
+  def files(self, image_id, label):
+    """One 8-bit PNG of class ids per image (255 = ignore)."""
+    return {f"{image_id}.png": image_codec.encode_png(np.asarray(label.mask, np.uint8))}
+
+  def label_stats(self, label):
+    mask = np.asarray(label.mask)
+    ignored = int(np.sum(mask == IGNORE_LABEL))
+    return {"ignored_pixels": ignored, "pixels": int(mask.size),
+            "class_counts": base.class_counts(mask[mask != IGNORE_LABEL]),
+            "ignored_fraction_histogram": np.histogram(
+                [ignored / max(mask.size, 1)], base.SCORE_BINS, (0.0, 1.0))[0].tolist()}
+
+  def draw(self, label, image, names, scale):
+    mask = visualize.upscale(np.asarray(label.mask), scale)
+    return [(visualize.overlay_mask(image, mask, len(names)), "mask")]
 
 
 class MeanIoU(base.Metric):

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from must import image_codec
 from must import tasks
+from must import visualize
 from must.tasks import base
 from must.tasks import heads
 
@@ -39,6 +40,7 @@ class SurfaceNormals(base.Task):
 
   name = "surface_normals"
   primary_metric = "within_11.25"
+  lower_is_better = ("mean_angle",)
   student_loss_weight_rule = "fixed"
 
   def features(self, label: SurfaceNormalsLabel, image_size) -> base.Features:
@@ -81,6 +83,29 @@ class SurfaceNormals(base.Task):
     valid = tf.reduce_all(codes > 0, axis=-1)
     normals = (tf.cast(codes, tf.float32) - 1.0) / _HALF_RANGE - 1.0
     return {"normals": tf.where(valid[..., None], normals, 0.0), "valid": valid}
+
+  def world_label(self, scene):
+    return SurfaceNormalsLabel(scene.normals)
+
+  def from_decoded(self, decoded):
+    valid = np.asarray(decoded["valid"], bool)[..., None]
+    return SurfaceNormalsLabel(np.where(valid, np.asarray(decoded["normals"], np.float32),
+                                        np.float32(np.nan)))
+
+  def files(self, image_id, label):
+    """The feature's 16-bit PNG: codes 1..65535 for components -1..1, 0 = no normal."""
+    return {f"{image_id}.png": image_codec.encode_png(quantize(label.normals))}
+
+  def label_stats(self, label):
+    normals = np.asarray(label.normals)
+    return {"pixels": int(normals.shape[0] * normals.shape[1]),
+            "valid_pixels": int(np.all(np.isfinite(normals), axis=-1).sum())}
+
+  def draw(self, label, image, names, scale):
+    normals = np.asarray(label.normals, np.float32)
+    colors = visualize.colorize_normals(np.nan_to_num(normals),
+                                        np.all(np.isfinite(normals), axis=-1))
+    return [(visualize.upscale(colors, scale), "normals")]
 
 
 class AngularError(base.Metric):

@@ -2,23 +2,26 @@
 
 Layout under the output directory:
 
-  labeled/<task>/train-*.tfrecord   one disjoint split per teacher, only that
-                                    task's ground truth (classification,
-                                    detection, segmentation, depth)
+  labeled/<task>/train-*.tfrecord   one disjoint split per task that has
+                                    `world_teacher_split`, only that task's
+                                    ground truth
   corpus/images/part-NNN/*.jpg|png  the unlabeled corpus, plain image files
   corpus/partial/partial-*.tfrecord a small partially labeled subset (ground
                                     truth for a random subset of tasks)
   eval/eval-*.tfrecord              held-out split with every task's ground truth
-  transfer/{train,eval}-*.tfrecord  transfer split, every task incl. normals
+  transfer/{train,eval}-*.tfrecord  transfer split, every task the world labels
   preview.png                       a few eval scenes with their labels drawn
   world.json                        categories, schema task params, splits
                                     (file pattern, count, tasks), config, timing
 
-Every scene comes from its own random stream keyed by (seed, split, index), so
+The world labels every registered task that defines `world_label` (see
+`must.tasks`), so a new task module is labeled here without a change to this
+file. Every scene comes from its own random stream keyed by (seed, split, index), so
 splits are disjoint and the output is identical for the same config. Shards
 are written in parallel worker processes.
 """
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import math
@@ -27,22 +30,27 @@ import os
 import time
 from typing import Iterator
 
-import numpy as np
-
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
 from must import image_codec
 from must import schema as schema_lib
+from must import tasks as tasks_lib
 from must import visualize
-from must.tasks.classification import ClassificationLabel
-from must.tasks.depth import DepthLabel
-from must.tasks.detection import DetectionLabel
-from must.tasks.segmentation import SegmentationLabel
-from must.tasks.surface_normals import SurfaceNormalsLabel
+from must.tasks import base
 from must.world import scene as scene_lib
 from official.modeling import hyperparams
 
-TEACHER_TASKS = ("classification", "detection", "segmentation", "depth")
-ALL_TASKS = TEACHER_TASKS + ("surface_normals",)
+
+def task_params() -> dict[str, dict]:
+  """The schema parameters of the world's labels (category ids 0..K, 0 = background)."""
+  return {name: {"num_classes": scene_lib.NUM_CLASSES} if tasks_lib.get(name).has_classes else {}
+          for name in tasks_lib.names()
+          if tasks_lib.get(name).world_label is not base.Task.world_label}
+
+
+def teacher_tasks() -> list[str]:
+  """The tasks the world writes a labeled training split for."""
+  return [name for name in task_params() if tasks_lib.get(name).world_teacher_split]
+
 
 # The renderer's knobs as a strict config, generated from RenderParams so the
 # two never drift apart.
@@ -53,18 +61,14 @@ RenderConfig = dataclasses.make_dataclass(
     bases=(hyperparams.Config,))
 
 
-@dataclasses.dataclass
-class SplitSizes(hyperparams.Config):
-  """Number of scenes per split."""
-  classification: int = 2000
-  detection: int = 2000
-  segmentation: int = 2000
-  depth: int = 2000
-  corpus: int = 4000
-  corpus_partial: int = 200
-  eval: int = 500
-  transfer_train: int = 500
-  transfer_eval: int = 300
+# Number of scenes per split: one labeled split per teacher task, then the others.
+SplitSizes = dataclasses.make_dataclass(
+    "SplitSizes",
+    [(name, int, dataclasses.field(default=2000)) for name in teacher_tasks()] +
+    [(name, int, dataclasses.field(default=default)) for name, default in (
+        ("corpus", 4000), ("corpus_partial", 200), ("eval", 500), ("transfer_train", 500),
+        ("transfer_eval", 300))],
+    bases=(hyperparams.Config,))
 
 
 @dataclasses.dataclass
@@ -79,7 +83,7 @@ class WorldConfig(hyperparams.Config):
   corpus_png_fraction: float = 0.1    # the rest of the corpus is JPEG
   corpus_files_per_folder: int = 500
   preview_scenes: int = 6
-  num_workers: int = 2
+  num_workers: int = 2                # 0 writes in this process
 
   def validate(self):
     super().validate()
@@ -95,13 +99,6 @@ class WorldConfig(hyperparams.Config):
       raise ValueError("examples_per_shard and corpus_files_per_folder must be >= 1")
 
 
-def task_params() -> dict[str, dict]:
-  """The schema parameters of the world's labels (category ids 0..K, 0 = background)."""
-  n = scene_lib.NUM_CLASSES
-  return {"classification": {"num_classes": n}, "detection": {"num_classes": n},
-          "segmentation": {"num_classes": n}, "depth": {}, "surface_normals": {}}
-
-
 def category_names() -> list[str]:
   """Names by category id; id 0 is the background."""
   return ["background", *scene_lib.CATEGORIES]
@@ -112,16 +109,9 @@ def render_params(config: WorldConfig) -> scene_lib.RenderParams:
 
 
 def scene_labels(scene: scene_lib.Scene) -> dict:
-  """Every task's ground-truth label of a scene, keyed by task name."""
-  return {
-      "classification": ClassificationLabel.one_hot(scene.image_class, scene_lib.NUM_CLASSES),
-      "detection": DetectionLabel(scene.boxes, scene.classes,
-                                  areas=np.bincount(scene.instances.ravel())[
-                                      scene.box_instance_ids].astype(np.float32)),
-      "segmentation": SegmentationLabel(scene.semantic),
-      "depth": DepthLabel(scene.depth, kind="metric"),
-      "surface_normals": SurfaceNormalsLabel(scene.normals),
-  }
+  """Every world task's ground-truth label of a scene, keyed by task name."""
+  return {name: task.world_label(scene)
+          for name, task in schema_lib.Schema(task_params()).tasks.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,13 +125,14 @@ class _Split:
 
 
 def _splits() -> list[_Split]:
-  teacher_splits = [_Split(t, f"labeled/{t}/train", (t,)) for t in TEACHER_TASKS]
+  teachers, every_task = tuple(teacher_tasks()), tuple(task_params())
+  teacher_splits = [_Split(t, f"labeled/{t}/train", (t,)) for t in teachers]
   return teacher_splits + [
       _Split("corpus", "corpus/images/part", (), files=True),
-      _Split("corpus_partial", "corpus/partial/partial", TEACHER_TASKS, partial=True),
-      _Split("eval", "eval/eval", ALL_TASKS),
-      _Split("transfer_train", "transfer/train", ALL_TASKS),
-      _Split("transfer_eval", "transfer/eval", ALL_TASKS),
+      _Split("corpus_partial", "corpus/partial/partial", teachers, partial=True),
+      _Split("eval", "eval/eval", every_task),
+      _Split("transfer_train", "transfer/train", every_task),
+      _Split("transfer_eval", "transfer/eval", every_task),
   ]
 
 
@@ -194,8 +185,7 @@ def _write_job(config_dict: dict, output_dir: str, job: _Job) -> int:
     tasks = job.split.tasks
     if job.split.partial:
       tasks = tuple(t for t in tasks if rng.random() < 0.5) or (tasks[rng.integers(len(tasks))],)
-    labels = scene_labels(scene)
-    example = schema.encode(scene.image, {t: labels[t] for t in tasks},
+    example = schema.encode(scene.image, {t: schema.tasks[t].world_label(scene) for t in tasks},
                             image_format=config.image_format,
                             jpeg_quality=config.jpeg_quality)
     writer.write(example.SerializeToString(deterministic=True))
@@ -208,14 +198,13 @@ def _write_job(config_dict: dict, output_dir: str, job: _Job) -> int:
 def write_preview(config: WorldConfig, path: str) -> None:
   """A sheet of eval scenes with every label drawn (boxes, mask, depth, normals)."""
   params = render_params(config)
+  schema = schema_lib.Schema(task_params())
   rows = []
   for index in range(config.preview_scenes):
     scene = scene_lib.render_scene(scene_lib.scene_rng(config.seed, "eval", index), params)
-    rows.append(visualize.label_panels(
-        scene.image, category_names(), boxes=scene.boxes, classes=scene.classes,
-        mask=scene.semantic, depth=scene.depth, normals=scene.normals,
-        probs=ClassificationLabel.one_hot(scene.image_class, scene_lib.NUM_CLASSES).probs,
-        top_k=1))
+    labels = {name: task.world_label(scene) for name, task in schema.tasks.items()}
+    rows.append(visualize.labels_panels(scene.image, labels, schema.tasks, category_names(),
+                                        top_k=1))
   visualize.save_png(visualize.grid(rows), path)
 
 
@@ -236,11 +225,16 @@ def write_world(config: WorldConfig, output_dir: str, progress=print) -> dict:
   start_time = time.perf_counter()
   done = 0
   config_dict = config.as_dict()
-  context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork.
-  with concurrent.futures.ProcessPoolExecutor(config.num_workers, mp_context=context) as pool:
-    futures = [pool.submit(_write_job, config_dict, output_dir, job) for job in jobs]
-    for future in concurrent.futures.as_completed(futures):
-      done += future.result()
+  with contextlib.ExitStack() as stack:
+    if config.num_workers:  # spawn: TensorFlow does not survive fork
+      pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+          config.num_workers, mp_context=multiprocessing.get_context("spawn")))
+      results = (f.result() for f in concurrent.futures.as_completed(
+          [pool.submit(_write_job, config_dict, output_dir, job) for job in jobs]))
+    else:  # in this process, e.g. with tasks registered at run time
+      results = (_write_job(config_dict, output_dir, job) for job in jobs)
+    for scenes in results:
+      done += scenes
       elapsed = time.perf_counter() - start_time
       progress(f"world: {done}/{total} scenes ({done / max(elapsed, 1e-9):.0f}/s)")
   seconds = time.perf_counter() - start_time

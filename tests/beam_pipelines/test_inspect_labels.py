@@ -141,7 +141,8 @@ def test_filters_by_class_and_score():
 
   def passes(classes=None, min_score=0.0, max_score=1.0):
     return inspect_labels.matches(example, {"classes": classes, "min_score": min_score,
-                                            "max_score": max_score})
+                                            "max_score": max_score},
+                                  schema_lib.Schema(labeled_shards.TASK_PARAMS).tasks)
 
   assert passes()
   assert passes(classes=[4]) and passes(classes=[3]) and passes(classes=[6])
@@ -193,7 +194,8 @@ def test_labels_panels_draw_every_task():
       "detection": detection.DetectionLabel(np.float32([[0.25, 0.25, 0.75, 0.75]]),
                                             np.int64([1]), np.float32([0.8])),
       "segmentation": segmentation.SegmentationLabel(mask),
-      "depth": depth.DepthLabel(values)}, labeled_shards.CATEGORIES, scale=2)
+      "depth": depth.DepthLabel(values)}, schema_lib.Schema(labeled_shards.TASK_PARAMS).tasks,
+      labeled_shards.CATEGORIES, scale=2)
   assert len(panels) == 4 and all(p.shape == (14 + 32, 32, 3) for p in panels)
   picture, boxes, masked, depth_map = (p[14:] for p in panels)
   assert (picture == 100).all()

@@ -54,6 +54,9 @@ def test_student_claim_is_judged_per_task_for_the_mean_and_every_seed():
   assert "seed 1: 0.80 (0.400 / 0.500)" in details and "classification" not in details
 
 
+CLAIM = {"task": "surface_normals", "rivals": ["scratch", "classification teacher"]}
+
+
 def test_one_seed_gives_plain_values_and_no_undecided_claim():
   rows = {row["task"]: row for row in report.comparison_rows({0: TEACHERS}, {0: STUDENT})}
   assert rows["classification"]["verdict"] == report.HOLDS
@@ -62,18 +65,19 @@ def test_one_seed_gives_plain_values_and_no_undecided_claim():
 
 
 def test_transfer_claim_names_each_rival_it_beats_or_not():
-  text = report.transfer_claim({0: _transfer(must=0.5, scratch=0.3, classification=0.6)})
+  text = report.transfer_claim({0: _transfer(must=0.5, scratch=0.3, classification=0.6)}, CLAIM)
   assert "scratch (0.300): holds" in text
   assert "classification teacher (0.600): does not hold" in text
-  assert "untested" in report.transfer_claim({0: {"scratch": {"surface_normals": {}}}})
+  assert "untested" in report.transfer_claim({0: {"scratch": {"surface_normals": {}}}}, CLAIM)
+  assert "No transfer claim" in report.transfer_claim({0: {}}, None)
 
 
 def test_transfer_claim_over_seeds_lists_the_seeds_of_an_undecided_rival():
   transfer = {0: _transfer(must=0.5, scratch=0.3, classification=0.4),
               1: _transfer(must=0.4, scratch=0.2, classification=0.5)}
-  verdicts = {c["rival"]: c["verdict"] for c in report.transfer_verdicts(transfer)}
+  verdicts = {c["rival"]: c["verdict"] for c in report.transfer_verdicts(transfer, CLAIM)}
   assert verdicts == {"scratch": report.HOLDS, "classification teacher": report.UNDECIDED}
-  text = report.transfer_claim(transfer)
+  text = report.transfer_claim(transfer, CLAIM)
   assert "scratch (0.250 ± 0.050): holds" in text
   assert ("classification teacher (0.450 ± 0.050): undecided (per seed, MuST vs "
           "classification teacher: seed 0 0.500 vs 0.400, seed 1 0.400 vs 0.500)") in text
@@ -94,7 +98,8 @@ def test_claims_sentence_sorts_every_claim_into_one_verdict():
   student = {0: STUDENT, 1: {"classification": {"top1": 0.6}, "detection": {"AP": 0.1}}}
   transfer = {0: _transfer(must=0.5, scratch=0.3, classification=0.6),
               1: _transfer(must=0.5, scratch=0.3, classification=0.6)}
-  text = report.claims_sentence(report.comparison_rows(teachers, student), transfer, [0, 1])
+  text = report.claims_sentence(report.comparison_rows(teachers, student), transfer, [0, 1],
+                                CLAIM)
   assert text == (
       "Over 2 training seeds (0, 1), the paper's claims that hold: MuST backbone beats "
       "scratch on surface_normals; that do not hold: student >= 0.9 of teacher on detection, "
@@ -131,7 +136,7 @@ def test_write_makes_report_figure_and_reproduce_line(tmp_path):
                       [{"stage": "world", "seconds": 1.0}],
                       baselines={0: {"detection": {"AP": 0.35}}},
                       transfer={0: _transfer(must=0.5, scratch=0.3, classification=0.4)},
-                      reproduce="python -m must.demo --config_dir=x")
+                      transfer_claim_config=CLAIM, reproduce="python -m must.demo --config_dir=x")
   assert "python -m must.demo --config_dir=x" in text and report.COMMANDS_FILE in text
   assert "| detection | AP | **0.400** | 0.300 | 0.350 | 0.75 | does not hold |" in text
   assert "With one training seed (0), the paper's claims that hold:" in text
