@@ -1,28 +1,87 @@
-"""Loading typed configs: defaults, then a strict YAML file, then overrides.
+"""Loading typed configs: defaults, then strict YAML files, then overrides.
 
-Configs are Model Garden `hyperparams.Config` dataclasses. A key that does not
-exist or a value of the wrong type stops with a message that names the key and
-where it came from; the result is validated and locked.
+Every config the project reads comes through `load`: the experiments of the
+training binaries (`must.training.parse_params`), the params.yaml of a trained
+model (`load_saved`), the world, the demo's stage configs and the
+pseudo-labeling teachers config. Configs are Model Garden `hyperparams.Config`
+dataclasses. A key that does not exist or a value of the wrong type stops with
+one message format: where it came from (the file or override), the key, and
+what was expected. The result is validated and locked.
+
+Schedules follow `trainer.train_steps` (`derive_schedule`): override only the
+steps and the cosine decay and the warm-up follow, unless they are set too.
 """
 import dataclasses
+import os
 import typing
-from typing import Sequence, TypeVar, Union
+from typing import Any, Callable, Iterator, Sequence, TypeVar, Union
 
-import yaml
+import tensorflow as tf
 
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
 from official.core import config_definitions as cfg
+from official.core import exp_factory
 from official.modeling import hyperparams
 from official.modeling import optimization
+from official.modeling.hyperparams import params_dict
 from official.vision.configs import backbones
 from official.vision.configs import common as common_cfg
 from official.vision.configs import retinanet as retinanet_cfg
 
 ConfigT = TypeVar("ConfigT", bound=hyperparams.Config)
+PARAMS_FILE = "params.yaml"  # the final config Model Garden saves in a model dir
+TINY = "_tiny"  # suffix of an experiment's registered tiny variant (`register_tiny`)
+_DECAY_STEPS = "trainer.optimizer_config.learning_rate.cosine.decay_steps"
+_WARMUP = "trainer.optimizer_config.warmup"
 
 
 class ConfigError(ValueError):
   """A config that cannot be used: says what is wrong and where."""
+
+
+def read_yaml(path: str) -> dict:
+  """A YAML file (any tf.io.gfile path) as a dict, or a ConfigError naming it."""
+  try:
+    raw = hyperparams.read_yaml_to_params_dict(path).as_dict()
+  except (OSError, tf.errors.OpError, ValueError, TypeError, AttributeError) as e:
+    raise ConfigError(f"{path}: cannot read the config: {e}") from None
+  return raw
+
+
+def _as_dict(override: str | dict, where: str) -> dict:
+  """An override ('a.b=1,c=x', YAML/JSON string, YAML file path or dict) as a dict."""
+  if isinstance(override, dict):
+    return override
+  try:
+    return params_dict.override_params_dict(
+        params_dict.ParamsDict(), override, is_strict=False).as_dict()
+  except (OSError, tf.errors.OpError, ValueError, TypeError, AttributeError) as e:
+    raise ConfigError(f"{where}: cannot read the override: {e}") from None
+
+
+def _keys(config: hyperparams.Config) -> list[str]:
+  return sorted(k for k in config.__dict__ if k not in config.RESERVED_ATTR)
+
+
+def _check_keys(config: hyperparams.Config, override: dict, where: str, prefix: str = ""):
+  """Stops at the first key of `override` that `config` does not have."""
+  valid = _keys(config)
+  unknown = sorted(set(override) - set(valid))
+  if unknown:
+    raise ConfigError(f"{where}: unknown keys {[prefix + k for k in unknown]}: "
+                      f"{unknown[0]!r} does not exist in {prefix[:-1] or 'the config'}; "
+                      f"expected one of {valid}")
+  for key, value in override.items():
+    current = getattr(config, key)
+    typed = config._get_subconfig_type(key)  # pylint: disable=protected-access
+    typed = None if typed is hyperparams.Config else typed  # a free-form mapping
+    if isinstance(value, dict) and (isinstance(current, hyperparams.Config) or typed):
+      _check_keys(current if current is not None else typed(), value, where, f"{prefix}{key}.")
+    elif isinstance(value, (list, tuple)) and isinstance(current, (list, tuple)) and typed:
+      for i, item in enumerate(value):
+        if isinstance(item, dict):
+          element = current[i] if i < len(current) else typed()
+          _check_keys(element, item, where, f"{prefix}{key}[{i}].")
 
 
 def _check_types(config: hyperparams.Config, where: str, prefix: str = "") -> None:
@@ -41,45 +100,153 @@ def _check_types(config: hyperparams.Config, where: str, prefix: str = "") -> No
                         f"got {value!r} ({type(value).__name__})")
 
 
-def load(config: ConfigT, config_file: str | None = None,
+def _paths(override: dict, prefix: str = "") -> Iterator[str]:
+  """The dotted keys an override sets, nested dicts included."""
+  for key, value in override.items():
+    yield prefix + key
+    if isinstance(value, dict):
+      yield from _paths(value, f"{prefix}{key}.")
+
+
+def derive_schedule(params: cfg.ExperimentConfig, explicit: set[str] = frozenset(),
+                    defaults: tuple[int, int] | None = None) -> None:
+  """Makes the schedule follow `trainer.train_steps` where it was not set.
+
+  Rules, applied to what no file or override set (`explicit`: the dotted keys
+  they set):
+    - a cosine learning rate decays over `train_steps` (`decay_steps`);
+    - a warm-up keeps its share of the default schedule: with the defaults'
+      (train_steps, warmup_steps), warmup_steps = round(warmup * train_steps /
+      default train_steps), at least 1 (so 100 of 2,000 steps become 10 of 200).
+  """
+  trainer = params.trainer
+  schedule = trainer.optimizer_config.learning_rate
+  if schedule.type == "cosine" and _DECAY_STEPS not in explicit:
+    schedule.cosine.decay_steps = trainer.train_steps
+  warmup = trainer.optimizer_config.warmup.get()
+  warmup_set = any(key.startswith(_WARMUP) for key in explicit)
+  if defaults and getattr(warmup, "warmup_steps", None) and not warmup_set:
+    default_steps, default_warmup = defaults
+    if default_steps and trainer.train_steps != default_steps:
+      warmup.warmup_steps = max(1, round(default_warmup * trainer.train_steps / default_steps))
+
+
+def _schedule_defaults(config) -> tuple[int, int] | None:
+  trainer = getattr(config, "trainer", None)
+  if not isinstance(trainer, cfg.TrainerConfig):
+    return None
+  warmup = trainer.optimizer_config.warmup.get()
+  return trainer.train_steps, getattr(warmup, "warmup_steps", None) or 0
+
+
+def load(config: ConfigT, config_file: str | Sequence[str] | None = None,
          params_override: str | dict | None = None,
-         override_name: str = "--params_override") -> ConfigT:
-  """Applies a YAML file and overrides to `config`, checks it, and locks it.
+         override_name: str = "--params_override",
+         overrides: Sequence[tuple[str, Any]] = (),
+         resolve: Callable[[ConfigT], Any] | None = None) -> ConfigT:
+  """Applies YAML files and overrides to `config`, checks it, and locks it.
 
   Args:
     config: the defaults (modified in place and returned).
-    config_file: path of a YAML file whose keys must all exist in `config`.
-    params_override: 'a.b=1,c=x' string, YAML string or dict, applied last.
+    config_file: path(s) of YAML files whose keys must all exist in `config`.
+    params_override: 'a.b=1,c=x' string, YAML string or file, or dict, applied
+      after the files.
     override_name: where `params_override` came from, for error messages.
+    overrides: more (where, override) pairs, applied last.
+    resolve: completes the config before it is validated and locked (e.g.
+      fills in derived values); its KeyError or ValueError stops like a bad key.
 
   Returns:
-    The validated, locked config.
+    The validated, locked config. An experiment's schedule follows its
+    `train_steps` where the sources leave it unset (`derive_schedule`).
 
   Raises:
-    ConfigError: an unknown key, a value of the wrong type, or a file that is
-      missing or not YAML, naming the key and the file or override.
+    ConfigError: an unknown key, a value of the wrong type, a file that is
+      missing or not YAML, or an invalid config, naming the key and the file
+      or override.
   """
-  for where, override in ((config_file, config_file), (override_name, params_override)):
-    if not override:
-      continue
-    if override is config_file:
-      try:
-        with open(config_file) as f:
-          override = yaml.safe_load(f) or {}
-      except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{config_file}: cannot read the config: {e}") from None
+  files = [config_file] if isinstance(config_file, str) else list(config_file or [])
+  sources = [(path, read_yaml(path)) for path in files]
+  if params_override:
+    sources.append((override_name, _as_dict(params_override, override_name)))
+  sources += [(where, _as_dict(override, where)) for where, override in overrides if override]
+  defaults, explicit = _schedule_defaults(config), set()
+  for where, override in sources:
+    if not isinstance(override, dict):
+      raise ConfigError(f"{where}: expected a mapping, got {type(override).__name__}")
+    _check_keys(config, override, where)
     try:
-      config = hyperparams.override_params_dict(config, override, is_strict=True)
+      config.override(override, is_strict=True)
     except (KeyError, ValueError, AttributeError, TypeError) as e:
-      message = e.args[0] if e.args else e
-      raise ConfigError(f"{where}: {message}") from None
+      raise ConfigError(f"{where}: {e.args[0] if e.args else e}") from None
     _check_types(config, where)
+    explicit.update(_paths(override))
+  if defaults:
+    derive_schedule(config, explicit, defaults)
+  where = ", ".join(name for name, _ in sources) or "defaults"
   try:
+    if resolve is not None:
+      resolve(config)
     config.validate()
   except (KeyError, ValueError) as e:
-    raise ConfigError(f"invalid config: {e}") from None
+    raise ConfigError(f"{where}: invalid config: {e.args[0] if e.args else e}") from None
   config.lock()
   return config
+
+
+def load_saved(model_dir: str, experiments: Sequence[str]) -> cfg.ExperimentConfig:
+  """The experiment config saved as params.yaml in a model or export dir.
+
+  The file's keys decide which experiment it is: the first of `experiments`
+  whose config takes every key.
+  """
+  path = os.path.join(model_dir, PARAMS_FILE)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: not the model dir of a trained "
+                            f"{' or '.join(experiments)} (nor a Model Garden export)")
+  saved, errors = read_yaml(path), []
+  for name in experiments:
+    try:
+      return load(exp_factory.get_exp_config(name), params_override=saved, override_name=path)
+    except ConfigError as e:
+      errors.append(str(e))
+  raise ConfigError(f"{path} is not the config of any experiment of {list(experiments)}: "
+                    f"{errors[0]}")
+
+
+_TINY_VARIANTS: set[str] = set()
+
+
+def tiny(experiment: str) -> str:
+  """The name of `experiment`'s tiny variant (`register_tiny`)."""
+  return experiment + TINY
+
+
+def with_tiny(experiments: Sequence[str]) -> list[str]:
+  """`experiments` and the tiny variants registered for them."""
+  return [*experiments, *(tiny(e) for e in experiments if tiny(e) in _TINY_VARIANTS)]
+
+
+TINY_BACKBONE = {"type": "resnet", "resnet": {"model_id": 10, "depth_multiplier": 0.25}}
+
+
+def register_tiny(experiment: str, model: Callable[[cfg.ExperimentConfig], dict] | None = None
+                  ) -> str:
+  """Registers `<experiment>_tiny`: the experiment with a ResNet-10 at quarter
+  width (plus `model(params)`'s overrides of `task.model`) and batches of 4, for
+  tests and smoke runs (they set the steps). Returns its name."""
+
+  def factory() -> cfg.ExperimentConfig:
+    params = exp_factory.get_exp_config(experiment)
+    batch = {"global_batch_size": 4}
+    params.override({"task": {
+        "model": {"backbone": TINY_BACKBONE, **(model(params) if model else {})},
+        "train_data": batch, "validation_data": batch}}, is_strict=True)
+    return params
+
+  exp_factory.register_config_factory(tiny(experiment))(factory)
+  _TINY_VARIANTS.add(tiny(experiment))
+  return tiny(experiment)
 
 
 # -- Model Garden config pieces shared by the teacher and student experiments --

@@ -47,7 +47,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Callable, List, Optional
 
 import yaml
 
@@ -122,8 +122,7 @@ class Context:
     run_binaries(runs, self.jobs if parallel else 1, self.commands_file(self.stage))
 
   def config(self, name: str) -> dict:
-    with open(os.path.join(self.config_dir, name)) as f:
-      return yaml.safe_load(f) or {}
+    return read_config(self.config_dir, name)
 
   def summary(self, stage: str) -> dict:
     """What an earlier stage recorded in its done file."""
@@ -182,11 +181,12 @@ def _merged(base: dict, override: dict) -> dict:
 
 
 def _params_override(ctx: Context, experiment: str, *overrides: dict) -> str:
-  """--params_override for `experiment` at the world's image size, then `overrides`."""
+  """--params_override for `experiment` at the world's image size, then `overrides`
+  (without the demo's own keys)."""
   params = configs.image_size_override(exp_factory.get_exp_config(experiment),
                                        *ctx.world["image_size"])
   for override in overrides:
-    params = _merged(params, override or {})
+    params = _merged(params, _override(override))
   return f"--params_override={json.dumps(params)}"
 
 
@@ -224,6 +224,65 @@ def _run_world(ctx: Context) -> dict:
 
 
 BACKBONE_FROM = "backbone_from"  # teachers.yaml: start a teacher's backbone from another's
+# teachers.yaml blocks, student.yaml, transfer.yaml's student: the registered
+# variant to train (e.g. must_student_tiny); default the stage's experiment.
+EXPERIMENT = "experiment"
+
+
+@dataclasses.dataclass
+class PseudoLabelStage(hyperparams.Config):
+  """pseudo_label.yaml: images per teacher call, and each task's thresholds
+  (keyword arguments of its `pseudo_label`)."""
+  batch_size: int = 16
+  thresholds: Optional[dict] = None
+
+
+@dataclasses.dataclass
+class BaselinesStage(hyperparams.Config):
+  """baselines.yaml: the tasks that get a single-task student."""
+  tasks: List[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class TransferClaim(hyperparams.Config):
+  """The paper's transfer claim: MuST's backbone beats `rivals` on `task`."""
+  task: str = ""
+  rivals: List[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class TransferStage(hyperparams.Config):
+  """transfer.yaml: downstream tasks, the claim, the students' overrides."""
+  tasks: List[str] = dataclasses.field(default_factory=list)
+  claim: Optional[TransferClaim] = None
+  student: Optional[dict] = None
+
+
+_STAGE_CONFIGS = {"pseudo_label.yaml": PseudoLabelStage, "baselines.yaml": BaselinesStage,
+                  "transfer.yaml": TransferStage}
+
+
+def read_config(config_dir: str, name: str) -> dict:
+  """A stage config of `config_dir` as a dict, read by `must.configs`: the typed
+  ones loaded strictly, teachers.yaml and student.yaml as the experiment
+  overrides they are (`check_configs` loads those against their experiments)."""
+  path = os.path.join(config_dir, name)
+  if name in _STAGE_CONFIGS:
+    return configs.load(_STAGE_CONFIGS[name](), path).as_dict()
+  raw = configs.read_yaml(path)
+  if name == "teachers.yaml":
+    return {task: block or {} for task, block in raw.items()}
+  return raw
+
+
+def _experiment(base: str, *blocks: dict | None) -> str:
+  """The experiment the last of `blocks` naming one picks (`base` or its tiny variant)."""
+  names = [block[EXPERIMENT] for block in blocks if block and EXPERIMENT in block]
+  name = names[-1] if names else base
+  if name not in configs.with_tiny([base]):
+    raise configs.ConfigError(f"{EXPERIMENT}: {name!r} is not a variant of {base}; expected "
+                              f"one of {configs.with_tiny([base])}")
+  return name
 
 
 def teacher_waves(teacher_configs: dict[str, dict]) -> list[list[str]]:
@@ -252,9 +311,10 @@ def teacher_waves(teacher_configs: dict[str, dict]) -> list[list[str]]:
   return waves
 
 
-def _teacher_override(block: dict | None) -> dict:
-  """A teacher's block of teachers.yaml without the demo's own keys."""
-  return {key: value for key, value in (block or {}).items() if key != BACKBONE_FROM}
+def _override(block: dict | None) -> dict:
+  """An experiment override of a stage config without the demo's own keys."""
+  return {key: value for key, value in (block or {}).items()
+          if key not in (BACKBONE_FROM, EXPERIMENT)}
 
 
 def _run_teachers(ctx: Context) -> dict:
@@ -267,7 +327,7 @@ def _run_teachers(ctx: Context) -> dict:
   teacher_configs = ctx.config("teachers.yaml")
   trains, exports, export_dirs = {}, {}, {}
   for task, block in teacher_configs.items():
-    experiment = teachers.TEACHERS[task].EXPERIMENT
+    experiment = _experiment(teachers.TEACHERS[task].EXPERIMENT, block)
     model_dir = ctx.path("teachers", task)
     export_dirs[task] = os.path.join(model_dir, "export")
     data = {"task": {"train_data": {"input_path": world["splits"][task]["pattern"]},
@@ -279,7 +339,7 @@ def _run_teachers(ctx: Context) -> dict:
     trains[task] = [
         "teachers.train", f"--experiment={experiment}", "--mode=train",
         f"--model_dir={model_dir}", ctx.seed_flag,
-        _params_override(ctx, experiment, data, _teacher_override(block))]
+        _params_override(ctx, experiment, data, block)]
     exports[f"{task} teacher"] = [
         "teachers.export", f"--model_dir={model_dir}", f"--export_dir={export_dirs[task]}",
         f"--world_dir={ctx.world_dir}"]
@@ -328,9 +388,10 @@ def _student_training(ctx: Context, model_dir: str, tasks: list[str], train_spli
       "teachers": list(ctx.summary("teachers")["exports"].values()),
       "model": {"heads": heads}, "train_data": {"input_path": train_pattern},
       "validation_data": {"input_path": world["splits"][eval_split]["pattern"]}}}
-  return ["must.train", f"--experiment={student_config.EXPERIMENT}", f"--mode={mode}",
+  experiment = _experiment(student_config.EXPERIMENT, *overrides)
+  return ["must.train", f"--experiment={experiment}", f"--mode={mode}",
           f"--model_dir={model_dir}", ctx.seed_flag,
-          _params_override(ctx, student_config.EXPERIMENT, inputs, *overrides)]
+          _params_override(ctx, experiment, inputs, *overrides)]
 
 
 def _train_on_pseudo_labels(ctx: Context, runs: dict[str, tuple[str, list[str]]]
@@ -382,8 +443,7 @@ def _run_baselines(ctx: Context) -> dict:
 
 def _saved_model_config(model_dir: str) -> dict:
   """task.model of the params.yaml a training run saved (Model Garden's YAML)."""
-  path = os.path.join(model_dir, "params.yaml")
-  return hyperparams.read_yaml_to_params_dict(path).as_dict()["task"]["model"]
+  return configs.read_yaml(os.path.join(model_dir, configs.PARAMS_FILE))["task"]["model"]
 
 
 def _eval_metrics(model_dir: str) -> dict[str, dict[str, float]]:
@@ -510,58 +570,50 @@ STAGES: list[tuple[str, Callable[[Context], dict]]] = [
 def check_configs(config_dir: str) -> None:
   """Stops before any stage runs when a stage config would fail later.
 
-  Every file must exist and parse; teacher, student and transfer overrides must
-  apply strictly to their experiments (unknown keys, wrong value types); tasks
-  must be known, and baselines must name a configured teacher.
+  Every file must exist and load strictly (`read_config`); teacher, student and
+  transfer overrides must apply strictly to their experiments (unknown keys,
+  wrong value types); tasks must be known, and baselines must name a
+  configured teacher.
 
   Raises:
     configs.ConfigError: naming the file and the key or task.
   """
-  def read(name: str, keys: set[str] | None = None) -> dict:
-    path = os.path.join(config_dir, name)
-    try:
-      with open(path) as f:
-        raw = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as e:
-      raise configs.ConfigError(f"{path}: cannot read the config: {e}") from None
-    if not isinstance(raw, dict):
-      raise configs.ConfigError(f"{path}: expected a mapping, got {type(raw).__name__}")
-    unknown = set(raw) - keys if keys is not None else set()
-    if unknown:
-      raise configs.ConfigError(f"{path}: unknown keys {sorted(unknown)}; valid: {sorted(keys)}")
-    return raw
+  def path(name: str) -> str:
+    return os.path.join(config_dir, name)
 
   def check_tasks(tasks, valid, name: str, what: str) -> None:
     unknown = [task for task in tasks or [] if task not in valid]
     if unknown:
-      raise configs.ConfigError(f"{os.path.join(config_dir, name)}: {what} {unknown}; "
-                                f"valid: {sorted(valid)}")
+      raise configs.ConfigError(f"{path(name)}: {what} {unknown}; valid: {sorted(valid)}")
 
-  def check_override(experiment: str, override: dict, where: str) -> None:
-    configs.load(exp_factory.get_exp_config(experiment), params_override=override or {},
+  def check_override(base: str, override: dict | None, where: str) -> None:
+    try:
+      experiment = _experiment(base, override)
+    except configs.ConfigError as e:
+      raise configs.ConfigError(f"{where}: {e}") from None
+    configs.load(exp_factory.get_exp_config(experiment), params_override=_override(override),
                  override_name=where)
 
-  configs.load(world_writer.WorldConfig(), os.path.join(config_dir, "world.yaml"))
-  teacher_tasks = read("teachers.yaml")
+  configs.load(world_writer.WorldConfig(), path("world.yaml"))
+  teacher_tasks = read_config(config_dir, "teachers.yaml")
   check_tasks(teacher_tasks, teachers.TEACHERS, "teachers.yaml", "no teacher for")
   for task, block in teacher_tasks.items():
-    check_override(teachers.TEACHERS[task].EXPERIMENT, _teacher_override(block),
-                   f"{os.path.join(config_dir, 'teachers.yaml')} ({task})")
+    check_override(teachers.TEACHERS[task].EXPERIMENT, block, f"{path('teachers.yaml')} ({task})")
   teacher_waves(teacher_tasks)
-  check_override(student_config.EXPERIMENT, read("student.yaml"),
-                 os.path.join(config_dir, "student.yaml"))
-  thresholds = read("pseudo_label.yaml", {"batch_size", "thresholds"}).get("thresholds") or {}
+  check_override(student_config.EXPERIMENT, read_config(config_dir, "student.yaml"),
+                 path("student.yaml"))
+  thresholds = read_config(config_dir, "pseudo_label.yaml")["thresholds"] or {}
   check_tasks(thresholds, must_tasks.names(), "pseudo_label.yaml", "thresholds for unknown tasks")
-  check_tasks(read("baselines.yaml", {"tasks"}).get("tasks"), teacher_tasks, "baselines.yaml",
+  check_tasks(read_config(config_dir, "baselines.yaml")["tasks"], teacher_tasks, "baselines.yaml",
               "baselines for tasks with no teacher (no pseudo labels)")
-  transfer = read("transfer.yaml", {"tasks", "student", "claim"})
-  check_tasks(transfer.get("tasks"), must_tasks.names(), "transfer.yaml", "unknown tasks")
-  claim = transfer.get("claim") or {}
-  if claim and (set(claim) != {"task", "rivals"} or claim["task"] not in transfer.get("tasks", [])):
-    raise ValueError(f"{os.path.join(config_dir, 'transfer.yaml')}: claim must be "
-                     f"{{task: one of its tasks, rivals: [initializations]}}, got {claim}")
-  check_override(student_config.EXPERIMENT, transfer.get("student"),
-                 f"{os.path.join(config_dir, 'transfer.yaml')} (student)")
+  transfer = read_config(config_dir, "transfer.yaml")
+  check_tasks(transfer["tasks"], must_tasks.names(), "transfer.yaml", "unknown tasks")
+  claim = transfer["claim"]
+  if claim and claim["task"] not in transfer["tasks"]:
+    raise configs.ConfigError(f"{path('transfer.yaml')}: claim.task must be one of its tasks "
+                              f"{transfer['tasks']}, got {claim['task']!r}")
+  check_override(student_config.EXPERIMENT, transfer["student"],
+                 f"{path('transfer.yaml')} (student)")
 
 
 def _config_digest(config_dir: str, stage: str, upstream: str) -> str:

@@ -26,8 +26,10 @@ import tensorflow as tf
 
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
 import tf_keras
+from must import configs
 from official.common import distribute_utils
 from official.common import flags as tfm_flags
+from official.core import exp_factory
 from official.core import task_factory
 from official.core import train_lib
 from official.core import train_utils
@@ -88,11 +90,13 @@ def make_deterministic(seed: int) -> None:
 
 
 def parse_params(flags_obj, experiments: Sequence[str], resolve=None):
-  """The locked experiment config from the flags.
+  """The locked experiment config from the flags, through `must.configs.load`.
 
   Args:
-    flags_obj: Model Garden's flags (and `--seed`, which sets
-      `task.train_data.seed` where the config leaves it unset).
+    flags_obj: Model Garden's flags: `--experiment` (one of `experiments` or
+      its registered tiny variant), `--config_file`s, `--params_override`,
+      `--tpu`, `--tf_data_service`, and `--seed`, which sets
+      `task.train_data.seed` where the config leaves it unset.
     experiments: the experiment names this binary trains.
     resolve: optional function that completes the config before it is locked
       (e.g. fills in derived values); its errors stop like a bad key.
@@ -100,21 +104,28 @@ def parse_params(flags_obj, experiments: Sequence[str], resolve=None):
   Raises:
     app.UsageError: an unknown experiment, a bad key or value, naming it.
   """
-  if flags_obj.experiment not in experiments:
-    raise app.UsageError(f"unknown experiment {flags_obj.experiment!r}; valid: "
-                         f"{sorted(experiments)}")
-  try:
-    params = train_utils.parse_configuration(flags_obj, lock_return=False)
-    seed = getattr(flags_obj, "seed", None)
+  valid = configs.with_tiny(experiments)
+  if flags_obj.experiment not in valid:
+    raise app.UsageError(f"unknown experiment {flags_obj.experiment!r}; valid: {sorted(valid)}")
+  data_service = getattr(flags_obj, "tf_data_service", None)
+  flag_overrides = [
+      ("--tpu", {"runtime": {"tpu": flags_obj.tpu}} if flags_obj.tpu else None),
+      ("--tf_data_service", {"task": {"train_data": {"tf_data_service_address": data_service},
+                                      "validation_data": {"tf_data_service_address": data_service}}}
+       if data_service else None)]
+  seed = getattr(flags_obj, "seed", None)
+
+  def complete(params):
     if seed is not None and params.task.train_data.seed is None:
       params.task.train_data.seed = seed
     if resolve is not None:
       resolve(params)
-  except (KeyError, ValueError, FileNotFoundError) as e:
-    raise app.UsageError(f"bad config ({flags_obj.config_file or 'defaults'}, "
-                         f"--params_override={flags_obj.params_override!r}): {e}") from None
-  params.lock()
-  return params
+
+  try:
+    return configs.load(exp_factory.get_exp_config(flags_obj.experiment), flags_obj.config_file,
+                        flags_obj.params_override, overrides=flag_overrides, resolve=complete)
+  except (configs.ConfigError, FileNotFoundError) as e:
+    raise app.UsageError(f"bad config: {e}") from None
 
 
 EVAL_METRICS_FILE = "eval_metrics.json"

@@ -5,6 +5,7 @@ class distribution.
 """
 import tensorflow as tf
 
+from must import configs
 from official.core import config_definitions as cfg
 from official.core import exp_factory
 from official.vision.configs import image_classification as ic_cfg
@@ -18,12 +19,12 @@ TASK_CONFIG = ic_cfg.ImageClassificationTask
 
 @exp_factory.register_config_factory(EXPERIMENT)
 def experiment() -> cfg.ExperimentConfig:
-  """CPU-sized ResNet-18 (half width) classifier on 96x96 images."""
-  size = common.IMAGE_SIZE
+  """CPU-sized ResNet-18 (half width) classifier on the default world's images."""
+  height, width = common.world_image_size()
   return cfg.ExperimentConfig(
       task=ic_cfg.ImageClassificationTask(
           model=ic_cfg.ImageClassificationModel(
-              num_classes=common.NUM_CLASSES, input_size=[size, size, 3],
+              num_classes=common.world_num_classes(TASK), input_size=[height, width, 3],
               backbone=common.small_resnet(), norm_activation=common.norm_activation()),
           losses=ic_cfg.Losses(l2_weight_decay=1e-5, label_smoothing=0.1),
           # Random crops could cut away the object that decides the label.
@@ -34,6 +35,9 @@ def experiment() -> cfg.ExperimentConfig:
                                             center_crop_fraction=1.0)),
       trainer=common.trainer(train_steps=1500, learning_rate=2e-3),
       restrictions=common.RESTRICTIONS)
+
+
+TINY_EXPERIMENT = configs.register_tiny(EXPERIMENT)
 
 
 def outputs_from_model_garden(outputs: dict[str, tf.Tensor], images: tf.Tensor,

@@ -5,6 +5,7 @@ classes and the number of detections.
 """
 import tensorflow as tf
 
+from must import configs
 from official.core import config_definitions as cfg
 from official.core import exp_factory
 from official.vision.configs import decoders
@@ -19,12 +20,12 @@ TASK_CONFIG = rn_cfg.RetinaNetTask
 
 @exp_factory.register_config_factory(EXPERIMENT)
 def experiment() -> cfg.ExperimentConfig:
-  """CPU-sized RetinaNet: half-width ResNet-18, FPN P3-P5, small anchors, 96x96."""
-  size = common.IMAGE_SIZE
+  """CPU-sized RetinaNet: half-width ResNet-18, FPN P3-P5, small anchors."""
+  height, width = common.world_image_size()
   return cfg.ExperimentConfig(
       task=rn_cfg.RetinaNetTask(
           model=rn_cfg.RetinaNet(
-              num_classes=common.NUM_CLASSES, input_size=[size, size, 3],
+              num_classes=common.world_num_classes(TASK), input_size=[height, width, 3],
               min_level=3, max_level=5,
               anchor=rn_cfg.Anchor(num_scales=3, aspect_ratios=[0.5, 1.0, 2.0],
                                    anchor_size=2.0),
@@ -45,6 +46,9 @@ def experiment() -> cfg.ExperimentConfig:
           use_coco_metrics=True),
       trainer=common.trainer(train_steps=2000, learning_rate=2e-3),
       restrictions=common.RESTRICTIONS)
+
+
+TINY_EXPERIMENT = configs.register_tiny(EXPERIMENT)
 
 
 def outputs_from_model_garden(outputs: dict[str, tf.Tensor], images: tf.Tensor,

@@ -34,9 +34,7 @@ import tensorflow as tf
 from must import configs
 from must import serving
 import teachers
-from official.core import exp_factory
 from official.core import task_factory
-from official.modeling import hyperparams
 
 METADATA_FILE = serving.METADATA_FILE
 SIGNATURE = serving.SIGNATURE
@@ -105,25 +103,8 @@ def latest_checkpoint(model_dir: str, checkpoint_path: str | None = None) -> str
 
 
 def load_params(model_dir: str):
-  """The experiment config saved as params.yaml in a teacher's model or export dir.
-
-  The file's keys decide which teacher experiment it is: the first whose
-  config takes every key.
-  """
-  path = os.path.join(model_dir, "params.yaml")
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"{path} does not exist: not a teacher model dir or "
-                            "Model Garden export")
-  saved = hyperparams.read_yaml_to_params_dict(path).as_dict()
-  for name in teachers.experiments():
-    params = exp_factory.get_exp_config(name)
-    try:
-      params.override(saved, is_strict=True)
-    except (KeyError, ValueError, TypeError, AttributeError):
-      continue
-    return params
-  raise ValueError(f"{path} is not the config of any teacher experiment "
-                   f"{teachers.experiments()}")
+  """The teacher experiment config saved as params.yaml in a model or export dir."""
+  return configs.load_saved(model_dir, teachers.experiments())
 
 
 def export_teacher(model_dir: str, export_dir: str, *, checkpoint_path: str | None = None,

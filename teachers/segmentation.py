@@ -5,6 +5,7 @@ class probabilities at the input size.
 """
 import tensorflow as tf
 
+from must import configs
 from official.core import config_definitions as cfg
 from official.core import exp_factory
 from official.vision.configs import decoders
@@ -19,12 +20,12 @@ TASK_CONFIG = seg_cfg.SemanticSegmentationTask
 
 @exp_factory.register_config_factory(EXPERIMENT)
 def experiment() -> cfg.ExperimentConfig:
-  """CPU-sized ResNet-FPN segmenter: a 3-conv head on P2, 96x96."""
-  size = common.IMAGE_SIZE
+  """CPU-sized ResNet-FPN segmenter: a 3-conv head on P2."""
+  height, width = common.world_image_size()
   return cfg.ExperimentConfig(
       task=seg_cfg.SemanticSegmentationTask(
           model=seg_cfg.SemanticSegmentationModel(
-              num_classes=common.NUM_CLASSES, input_size=[size, size, 3],
+              num_classes=common.world_num_classes(TASK), input_size=[height, width, 3],
               min_level=2, max_level=5,
               backbone=common.small_resnet(),
               decoder=decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=64)),
@@ -36,13 +37,16 @@ def experiment() -> cfg.ExperimentConfig:
           losses=seg_cfg.Losses(l2_weight_decay=1e-5, ignore_label=255),
           allow_image_summary=False,
           train_data=seg_cfg.DataConfig(
-              is_training=True, global_batch_size=32, output_size=[size, size],
+              is_training=True, global_batch_size=32, output_size=[height, width],
               shuffle_buffer_size=2000, aug_scale_min=0.8, aug_scale_max=1.2),
           validation_data=seg_cfg.DataConfig(
-              is_training=False, global_batch_size=32, output_size=[size, size],
+              is_training=False, global_batch_size=32, output_size=[height, width],
               resize_eval_groundtruth=True, drop_remainder=False)),
       trainer=common.trainer(train_steps=1500, learning_rate=2e-3),
       restrictions=common.RESTRICTIONS)
+
+
+TINY_EXPERIMENT = configs.register_tiny(EXPERIMENT)
 
 
 def outputs_from_model_garden(outputs: dict[str, tf.Tensor], images: tf.Tensor,

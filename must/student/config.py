@@ -1,8 +1,10 @@
-"""Configs of the multi-task student and its registered experiment.
+"""Configs of the multi-task student and its registered experiments.
 
-  must_student     ResNet-FPN student with one head per task (classification,
-                   detection, segmentation, depth by default) on the world's
-                   96x96 images, sized for a 2-core CPU.
+  must_student       ResNet-FPN student with one head per task the default world
+                     trains a teacher for, at the default world's image size
+                     (`must.world.writer`), sized for a 2-core CPU.
+  must_student_tiny  the same with a ResNet-10 at quarter width, 16-filter FPN
+                     and heads and batches of 4, for tests.
 
 The loss weight of each head follows the paper: w_i = (b_s * lr_i) / (b_i *
 lr_s), with b, lr the batch size and learning rate of teacher i's training and
@@ -11,12 +13,13 @@ in every weight left unset from the teachers' `teacher.json`.
 """
 import dataclasses
 import logging
-from typing import List, Optional, Sequence, Union
+from typing import List, Mapping, Optional, Sequence, Union
 
 from must import configs
 from must import serving
 from must import tasks
 from must.tasks import heads as heads_lib
+from must.world import writer
 from official.core import config_definitions as cfg
 from official.core import exp_factory
 from official.modeling import hyperparams
@@ -25,16 +28,13 @@ from official.vision.configs import common
 from official.vision.configs import decoders
 
 EXPERIMENT = "must_student"
-WORLD_IMAGE_SIZE = 96
-WORLD_NUM_CLASSES = 11
-DEFAULT_TASKS = ("classification", "detection", "segmentation", "depth")
 
 
 @dataclasses.dataclass
 class StudentModel(hyperparams.Config):
   """Backbone + FPN on levels min_level..max_level + one head per task."""
   input_size: List[int] = dataclasses.field(
-      default_factory=lambda: [WORLD_IMAGE_SIZE, WORLD_IMAGE_SIZE, 3])
+      default_factory=lambda: [writer.RenderConfig.height, writer.RenderConfig.width, 3])
   min_level: int = 2
   max_level: int = 7
   backbone: backbones.Backbone = dataclasses.field(default_factory=configs.small_resnet)
@@ -70,12 +70,20 @@ class StudentTaskConfig(cfg.TaskConfig):
   init_checkpoint_modules: Union[str, List[str]] = "all"
 
 
-def default_heads(task_names: Sequence[str] = DEFAULT_TASKS,
-                  num_classes: int = WORLD_NUM_CLASSES) -> list[heads_lib.HeadConfig]:
-  """One head per task with the world's class count for the tasks that have classes."""
-  with_classes = {"classification", "detection", "segmentation"}
-  return [heads_lib.HeadConfig(task=name, num_classes=num_classes if name in with_classes else 0)
-          for name in task_names]
+def default_heads(task_params: Mapping[str, Mapping] | None = None,
+                  task_names: Sequence[str] | None = None) -> list[heads_lib.HeadConfig]:
+  """One head per task, with classes where the task's world params give a count.
+
+  Args:
+    task_params: a world's `task_params` (its world.json); default: what the
+      default world writes (`must.world.writer.task_params`).
+    task_names: the heads' tasks; default: the tasks the world trains teachers
+      for (`must.world.writer.teacher_tasks`).
+  """
+  task_params = writer.task_params() if task_params is None else task_params
+  names = writer.teacher_tasks() if task_names is None else task_names
+  return [heads_lib.HeadConfig(task=name, num_classes=task_params[name].get("num_classes", 0))
+          for name in names]
 
 
 @exp_factory.register_config_factory(EXPERIMENT)
@@ -91,6 +99,12 @@ def must_student() -> cfg.ExperimentConfig:
       trainer=configs.trainer(train_steps=2000, learning_rate=2e-3),
       restrictions=["task.train_data.is_training != None",
                     "task.validation_data.is_training != None"])
+
+
+TINY_EXPERIMENT = configs.register_tiny(EXPERIMENT, lambda params: {
+    "decoder": {"fpn": {"num_filters": 16}},
+    "heads": [{"num_filters": 16, "num_convs": 1} for _ in params.task.model.heads]})
+EXPERIMENTS = (EXPERIMENT, TINY_EXPERIMENT)
 
 
 def schema_params(head: heads_lib.HeadConfig) -> dict:
@@ -109,10 +123,10 @@ def check_heads(model: StudentModel) -> None:
     tasks.get(head.task)  # a miss lists the registered tasks
 
 
-def _teacher_metadata(teacher_dirs: Sequence[str]) -> dict[str, dict]:
+def _teacher_metadata(teacher_dirs: Sequence[str]) -> dict[str, serving.TeacherMetadata]:
   """Task -> the `teacher.json` of the teacher among `teacher_dirs` that teaches it."""
-  return {metadata["task"]: metadata
-          for metadata in (serving.read_metadata(path) for path in teacher_dirs)}
+  return {metadata.task: metadata
+          for metadata in (serving.TeacherMetadata.read(path) for path in teacher_dirs)}
 
 
 def resolve_loss_weights(params: cfg.ExperimentConfig) -> dict[str, float]:
@@ -132,8 +146,8 @@ def resolve_loss_weights(params: cfg.ExperimentConfig) -> dict[str, float]:
       rule = tasks.get(head.task).student_loss_weight_rule
       teacher = metadata.get(head.task)
       if rule == "teacher" and teacher:
-        head.loss_weight = float(student_batch * teacher["train_learning_rate"] /
-                                 (teacher["train_batch_size"] * student_lr))
+        head.loss_weight = float(student_batch * teacher.train_learning_rate /
+                                 (teacher.train_batch_size * student_lr))
       else:
         if rule == "teacher":
           logging.warning("no teacher metadata for %s in task.teachers: loss weight 1",

@@ -31,21 +31,13 @@ from must import configs
 from must import serving
 from must.student import config as student_config
 from must.student import task as task_lib
-from official.core import exp_factory
-from official.modeling import hyperparams
 
 BACKBONE_DIR = "backbone"
 
 
 def load_params(model_dir: str):
   """The student's experiment config saved as params.yaml in its model dir."""
-  path = os.path.join(model_dir, "params.yaml")
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"{path} does not exist: not a student model dir "
-                            "(python -m must.train ... --model_dir DIR)")
-  params = exp_factory.get_exp_config(student_config.EXPERIMENT)
-  params.override(hyperparams.read_yaml_to_params_dict(path).as_dict(), is_strict=True)
-  return params
+  return configs.load_saved(model_dir, [student_config.EXPERIMENT])
 
 
 def latest_checkpoint(model_dir: str) -> str:

@@ -1,7 +1,9 @@
 """The multi-task student: heads and losses, training, distribution, export."""
+import argparse
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -9,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+from absl import app
 import pytest
 import tensorflow as tf
 
@@ -17,38 +20,37 @@ import tf_keras
 from must import configs
 from must import serving
 from must import tasks
+from must import training
 from must.student import config as student_config
 from must.student import export
 from must.student import model as model_lib
 from must.student import task as task_lib
 from must.tasks import heads
 from official.core import exp_factory
-from official.modeling import hyperparams
+from official.modeling import optimization
 
 REPO = pathlib.Path(__file__).parents[2]
 SIZE = 64
 
 
+DEFAULT_TASKS = [head.task for head in student_config.default_heads()]
+
+
 def tiny_override(world_dir: str, **trainer) -> dict:
-  """A student small enough for tests, trained on the tiny world's eval split."""
-  data = {"input_path": os.path.join(world_dir, "eval", "*.tfrecord"), "global_batch_size": 4}
+  """Inputs (the tiny world's eval split) and 2 steps for must_student_tiny."""
+  data = {"input_path": os.path.join(world_dir, "eval", "*.tfrecord")}
   return {
-      "task": {"model": {"input_size": [SIZE, SIZE, 3],
-                         "backbone": {"resnet": {"model_id": 10, "depth_multiplier": 0.25}},
-                         "decoder": {"fpn": {"num_filters": 16}}},
+      "task": {"model": {"input_size": [SIZE, SIZE, 3]},
                "train_data": data, "validation_data": {**data, "global_batch_size": 8}},
       "trainer": {"train_steps": 2, "steps_per_loop": 1, "checkpoint_interval": 1,
-                  "validation_interval": 2, "validation_steps": 1,
-                  "optimizer_config": {"warmup": {"linear": {"warmup_steps": 1}}}, **trainer},
+                  "validation_interval": 2, "validation_steps": 1, **trainer},
   }
 
 
 def tiny_params(world_dir: str, **trainer):
-  params = exp_factory.get_exp_config(student_config.EXPERIMENT)
-  params.override(tiny_override(world_dir, **trainer), is_strict=True)
-  for head in params.task.model.heads:
-    head.num_filters, head.num_convs = 16, 1
-  return params
+  """must_student_tiny with `tiny_override`, unlocked (tests change it)."""
+  return configs.load(exp_factory.get_exp_config(student_config.TINY_EXPERIMENT),
+                      params_override=tiny_override(world_dir, **trainer)).replace()
 
 
 def _head(name: str, **config):
@@ -152,7 +154,8 @@ def test_loss_weights_follow_the_paper_rule_and_keep_overrides(tmp_path):
         {"task": task, "train_batch_size": batch, "train_learning_rate": lr}))
   params = tiny_params(str(tmp_path))
   params.task.teachers = [str(tmp_path / "classification"), str(tmp_path / "detection")]
-  params.task.model.heads[2].loss_weight = 0.3  # segmentation, set by hand
+  next(head for head in params.task.model.heads
+       if head.task == "segmentation").loss_weight = 0.3  # set by hand
   student_lr = configs.initial_learning_rate(params.trainer)
   weights = student_config.resolve_loss_weights(params)
   assert weights["classification"] == pytest.approx(4 * 0.004 / (64 * student_lr))
@@ -163,10 +166,58 @@ def test_loss_weights_follow_the_paper_rule_and_keep_overrides(tmp_path):
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in (REPO / "configs/student").glob("*.yaml")))
 def test_shipped_student_configs_load_strictly(path):
-  params = exp_factory.get_exp_config(student_config.EXPERIMENT)
-  params.override(hyperparams.read_yaml_to_params_dict(path).as_dict(), is_strict=True)
-  params.validate()
+  params = configs.load(exp_factory.get_exp_config(student_config.EXPERIMENT), path)
   student_config.check_heads(params.task.model)
+
+
+def _schedule(config_file=None, override=None):
+  """(decay steps, warm-up steps, learning rate at the last step / at the peak)."""
+  params = configs.load(exp_factory.get_exp_config(student_config.EXPERIMENT), config_file,
+                        override)
+  optimizer = params.trainer.optimizer_config
+  rate = optimization.OptimizerFactory(optimizer).build_learning_rate()
+  warmup = optimizer.warmup.linear.warmup_steps
+  return (optimizer.learning_rate.cosine.decay_steps, warmup,
+          float(rate(params.trainer.train_steps)) / float(rate(warmup)))
+
+
+def test_the_schedule_follows_train_steps_unless_it_is_set(tmp_path):
+  default = exp_factory.get_exp_config(student_config.EXPERIMENT).trainer
+  assert default.train_steps == 2000 and default.optimizer_config.warmup.linear.warmup_steps == 100
+  # Only the steps: the cosine reaches zero at the new last step, the warm-up keeps its share.
+  decay, warmup, last = _schedule(override="trainer.train_steps=400")
+  assert (decay, warmup) == (400, 20) and last == pytest.approx(0.0, abs=1e-6)
+  # A decay or warm-up set in a file or an override is kept.
+  explicit = tmp_path / "student.yaml"
+  explicit.write_text("trainer:\n  train_steps: 400\n  optimizer_config:\n"
+                      "    learning_rate: {cosine: {decay_steps: 2000}}\n")
+  decay, warmup, last = _schedule(str(explicit))
+  assert (decay, warmup) == (2000, 20) and last > 0.9
+  decay, warmup, _ = _schedule(override={"trainer": {"train_steps": 400, "optimizer_config": {
+      "warmup": {"linear": {"warmup_steps": 7}}}}})
+  assert (decay, warmup) == (400, 7)
+  assert _schedule()[:2] == (2000, 100)
+
+
+def test_the_training_flags_load_through_one_loader_that_names_bad_keys():
+  flags = argparse.Namespace(
+      experiment=student_config.TINY_EXPERIMENT, params_override="trainer.train_steps=5",
+      config_file=[str(REPO / "configs/student/student.yaml")], tpu="", tf_data_service="",
+      seed=7)
+  params = training.parse_params(flags, [student_config.EXPERIMENT])
+  assert params.trainer.train_steps == 5 and params.task.train_data.seed == 7
+  assert params.trainer.optimizer_config.learning_rate.cosine.decay_steps == 5
+  for override, message in (
+      ("trainer.train_stepz=5",
+       "--params_override: unknown keys ['trainer.train_stepz']: 'train_stepz' does not exist"),
+      ("trainer.train_steps=many",
+       "--params_override: trainer.train_steps must be int, got 'many'")):
+    with pytest.raises(app.UsageError, match=re.escape(message)):
+      training.parse_params(argparse.Namespace(**{**vars(flags), "params_override": override}),
+                            [student_config.EXPERIMENT])
+  with pytest.raises(app.UsageError, match="unknown experiment"):
+    training.parse_params(argparse.Namespace(**{**vars(flags), "experiment": "must_studnt"}),
+                          [student_config.EXPERIMENT])
 
 
 def test_unknown_head_task_lists_the_registered_ones(tiny_world):
@@ -201,7 +252,7 @@ def test_a_few_steps_lower_the_loss_on_partially_labeled_batches(tiny_world):
             for _ in range(8)]
   assert losses[-1] < 0.7 * losses[0]
   outputs = model(images, training=False)
-  assert set(outputs) == set(student_config.DEFAULT_TASKS)
+  assert set(outputs) == set(DEFAULT_TASKS)
   half = task.task_losses(labels, outputs)["classification"]
   labels["classification"]["present"] = tf.constant([True, True, True, True])
   labels["classification"]["probs"] = tf.tensor_scatter_nd_update(
@@ -260,7 +311,8 @@ def _train_command(model_dir, tiny_world, strategy: str = "", mode: str = "train
   params = tiny_params(tiny_world, **trainer)
   params.runtime.distribution_strategy = strategy or params.runtime.distribution_strategy
   override = params.as_dict()
-  return [sys.executable, "-m", "must.train", "--experiment=must_student", f"--mode={mode}",
+  return [sys.executable, "-m", "must.train", f"--experiment={student_config.TINY_EXPERIMENT}",
+          f"--mode={mode}",
           f"--model_dir={model_dir}", f"--params_override={json.dumps(override)}"]
 
 
@@ -341,7 +393,7 @@ def exported_student(tiny_world, tmp_path_factory):
 def test_export_serves_every_task_with_the_teacher_signature(exported_student):
   images = np.random.default_rng(0).integers(0, 255, (2, SIZE, SIZE, 3), np.uint8)
   served = {model.task: model.predict(images) for model in serving.load_all(exported_student)}
-  assert set(served) == set(student_config.DEFAULT_TASKS)
+  assert set(served) == set(DEFAULT_TASKS)
   probs = served["classification"]["probs"]
   assert probs.shape == (2, 11) and np.allclose(probs.sum(-1), 1, atol=1e-5)
   assert served["segmentation"]["probs"].shape == (2, SIZE, SIZE, 11)
@@ -367,7 +419,7 @@ def test_exported_backbone_loads_into_a_fresh_backbone(exported_student, tiny_wo
 def test_exported_student_is_a_teacher_of_the_pipeline(exported_student, tiny_world, tmp_path):
   from beam_pipelines import pseudo_label  # pylint: disable=g-import-not-at-top
   teachers = {"teachers": [{"task": task, "path": exported_student, "batch_size": 4}
-                           for task in student_config.DEFAULT_TASKS]}
+                           for task in DEFAULT_TASKS]}
   config_path = tmp_path / "teachers.yaml"
   config_path.write_text(json.dumps(teachers))
   summary = pseudo_label.run([
@@ -377,5 +429,5 @@ def test_exported_student_is_a_teacher_of_the_pipeline(exported_student, tiny_wo
   images = len(tf.io.gfile.glob(os.path.join(tiny_world, "corpus", "images", "*", "*")))
   assert summary["counts"] == {"images_in": images, "examples_out": images, "dead_letters": 0,
                                "balanced": True}
-  assert set(summary["teachers"]) == set(student_config.DEFAULT_TASKS)
+  assert set(summary["teachers"]) == set(DEFAULT_TASKS)
   assert all(name.startswith("must_student@") for name in summary["teachers"].values())
