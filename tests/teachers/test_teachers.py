@@ -11,9 +11,9 @@ import tensorflow as tf
 
 import teachers
 from teachers import export
+from must import configs
 from must import training
 from official.core import exp_factory
-from official.modeling import hyperparams
 from official.vision.serving import export_saved_model_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -21,21 +21,16 @@ SIZE = 64  # the tiny world's images; divisible by 2**max_level of every teacher
 STOCK = ["classification", "detection", "segmentation"]
 
 
-def _params(task: str, world: str):
-  split = f"{world}/labeled/{task}/train-*"
-  params = exp_factory.get_exp_config(teachers.TEACHERS[task].EXPERIMENT)
-  params.override({
-      "task": {"model": {"input_size": [SIZE, SIZE, 3],
-                         "backbone": {"resnet": {"model_id": 10, "depth_multiplier": 0.25}}},
-               "train_data": {"input_path": split, "global_batch_size": 4},
-               "validation_data": {"input_path": f"{world}/eval/eval-*", "global_batch_size": 4}},
-      "trainer": {"train_steps": 2, "steps_per_loop": 2, "checkpoint_interval": 2,
-                  "validation_steps": 1, "validation_interval": 2},
-  }, is_strict=True)
-  if task == "segmentation":
-    params.override({"task": {"train_data": {"output_size": [SIZE, SIZE]},
-                              "validation_data": {"output_size": [SIZE, SIZE]}}})
-  return params
+def _params(task: str, world: str, train_steps: int = 2):
+  """The teacher's tiny experiment on the tiny world, at its image size."""
+  params = exp_factory.get_exp_config(configs.tiny(teachers.TEACHERS[task].EXPERIMENT))
+  return configs.load(params, overrides=[
+      ("world", configs.image_size_override(params, SIZE, SIZE)),
+      ("test", {"task": {"train_data": {"input_path": f"{world}/labeled/{task}/train-*"},
+                         "validation_data": {"input_path": f"{world}/eval/eval-*"}},
+                "trainer": {"train_steps": train_steps, "steps_per_loop": 2,
+                            "checkpoint_interval": 2, "validation_steps": 1,
+                            "validation_interval": 2}})])
 
 
 @pytest.fixture(scope="module", params=STOCK)
@@ -137,9 +132,18 @@ def test_binary_names_bad_experiment_and_key(args, message, tmp_path):
     str(p) for p in (REPO / "configs/teachers").glob("*.yaml")))
 def test_shipped_teacher_configs_load_strictly(path):
   task = os.path.basename(path).removesuffix(".yaml").removesuffix("_full")
-  params = exp_factory.get_exp_config(teachers.TEACHERS[task].EXPERIMENT)
-  hyperparams.override_params_dict(params, path, is_strict=True)
-  params.validate()
+  configs.load(exp_factory.get_exp_config(teachers.TEACHERS[task].EXPERIMENT), path)
+
+
+def test_each_teacher_registers_a_tiny_variant_the_binary_trains():
+  for module in teachers.TEACHERS.values():
+    tiny = exp_factory.get_exp_config(configs.tiny(module.EXPERIMENT))
+    full = exp_factory.get_exp_config(module.EXPERIMENT)
+    assert tiny.task.model.backbone.resnet.model_id == 10 < full.task.model.backbone.resnet.model_id
+    assert tiny.task.model.backbone.resnet.depth_multiplier == 0.25
+    assert tiny.task.train_data.global_batch_size == 4
+    assert type(tiny.task) is type(full.task) and tiny.trainer == full.trainer
+    assert configs.tiny(module.EXPERIMENT) in configs.with_tiny(teachers.experiments())
 
 
 def test_seeded_training_is_reproducible(tiny_world, tmp_path, checkpoint_values):
@@ -172,6 +176,6 @@ def test_restarted_training_resumes_from_its_checkpoint(tiny_world, tmp_path):
   assert tf.train.latest_checkpoint(str(tmp_path)) == first
   for name, value in weights.items():
     np.testing.assert_array_equal(tf.train.load_variable(first, name), value)
-  params.override({"trainer": {"train_steps": 4}})
-  training.run(params, str(tmp_path), "train")  # Two more steps from step 2.
+  training.run(_params("classification", tiny_world, train_steps=4), str(tmp_path),
+               "train")  # Two more steps from step 2.
   assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-4")
