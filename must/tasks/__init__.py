@@ -19,6 +19,11 @@ def register(task_class: type[Task]) -> type[Task]:
   return task_class
 
 
+def unregister(name: str) -> None:
+  """Removes a task registered at run time (e.g. by a test)."""
+  del _REGISTRY[name]
+
+
 def get(name: str) -> type[Task]:
   """The task class registered as `name`; a miss lists the valid names."""
   try:

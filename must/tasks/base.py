@@ -219,10 +219,17 @@ class Task(abc.ABC):
   def label_stats(self, label: Any) -> dict[str, Any]:
     """Summary numbers of one label: ints, {class id: count} dicts, histogram lists.
 
-    `class_counts` is {class id: count}; `pixels` / `valid_pixels` count
-    dense labels; `score_histogram` has `SCORE_BINS` bins over [0, 1].
+    The labeling run sums them over its images (keys `min` / `max` keep the
+    extreme): `class_histogram` is {class id: count}, `pixels` /
+    `valid_pixels` count dense labels, `score_histogram` has `SCORE_BINS` bins
+    over [0, 1].
     """
     del label
+    return {}
+
+  def stats_summary(self, totals: Mapping[str, Any]) -> dict[str, Any]:
+    """Numbers derived from a run's summed `label_stats` (and its `pseudo` count)."""
+    del totals
     return {}
 
   def title(self, label: Any, names: Sequence[str], top_k: int) -> str:

@@ -145,7 +145,7 @@ class Classification(base.Task):
                        "prob": float(probs[i])} for i in top]}
 
   def label_stats(self, label):
-    return {"class_counts": {int(np.argmax(label.probs)): 1}}
+    return {"class_histogram": {int(np.argmax(label.probs)): 1}}
 
   def title(self, label, names, top_k):
     probs = np.asarray(label.probs)

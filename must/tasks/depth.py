@@ -146,21 +146,14 @@ class Depth(base.Task):
     return [(visualize.upscale(colors, scale), "depth")]
 
 
-def align_scale_shift(prediction: np.ndarray, target: np.ndarray,
-                      valid: np.ndarray) -> np.ndarray:
-  """Least-squares s, t so that s * prediction + t fits target on valid pixels."""
-  p, t = prediction[valid].astype(np.float64), target[valid].astype(np.float64)
-  design = np.stack([p, np.ones_like(p)], axis=1)
-  (scale, shift), *_ = np.linalg.lstsq(design, t, rcond=None)
-  return (scale * prediction + shift).astype(np.float32)
-
-
 class DepthMetrics(base.Metric):
   """AbsRel and delta<1.25 after per-image scale/shift alignment in inverse depth.
 
   The prediction (`depth`, relative inverse depth) is aligned by least squares
-  to the label's inverse depth (1 / metric depth, or the label itself when it
-  is relative inverse), turned into depth, and compared on valid pixels.
+  (`align_scale_shift_batch`, the loss's alignment) to the label's inverse
+  depth (1 / metric depth, or the label itself when it is relative inverse),
+  turned into depth, and compared on valid pixels. The one depth metric of
+  every model: teachers in training and offline, students.
   """
 
   def __init__(self, min_depth: float = 1e-3):
@@ -176,7 +169,7 @@ class DepthMetrics(base.Metric):
     truth = np.asarray(label["depth"], np.float32)
     metric = label.get("kind", b"metric") in (b"metric", "metric")
     target_inverse = np.where(valid, 1.0 / np.maximum(truth, self.min_depth), 0) if metric else truth
-    aligned = align_scale_shift(np.asarray(outputs["depth"], np.float32), target_inverse, valid)
+    aligned = align_scale_shift_batch(outputs["depth"], target_inverse, valid)[0].numpy()
     # Aligned inverse depth can be <= 0; cap predictions at 10x the farthest truth.
     predicted_depth = 1.0 / np.maximum(aligned[valid], 0.1 * target_inverse[valid].min())
     true_depth = 1.0 / target_inverse[valid]
@@ -355,9 +348,3 @@ class DepthHead(heads.StudentHead):
 
   def serve(self, outputs, image_size):
     return {"depth": heads.upsample(outputs, image_size)[..., 0]}
-
-  def metric_label(self, targets, image_size):
-    del image_size
-    # The metric compares against inverse depth: give it as relative inverse.
-    return {"depth": targets["inverse_depth"], "valid": targets["valid"],
-            "kind": b"relative_inverse"}

@@ -195,9 +195,13 @@ class Detection(base.Task):
 
   def label_stats(self, label):
     scores = np.ones(len(label.boxes)) if label.scores is None else np.asarray(label.scores)
-    return {"boxes": int(len(label.boxes)), "class_counts": base.class_counts(label.classes),
+    return {"boxes": int(len(label.boxes)), "class_histogram": base.class_counts(label.classes),
+            "boxes_per_image_histogram": {int(len(label.boxes)): 1},
             "score_histogram": np.histogram(np.clip(scores, 0, 1), base.SCORE_BINS,
                                             (0.0, 1.0))[0].tolist()}
+
+  def stats_summary(self, totals):
+    return {"boxes_per_image": totals["boxes"] / totals["pseudo"]} if totals.get("pseudo") else {}
 
   def draw(self, label, image, names, scale):
     scores = None if label.scores is None else np.asarray(label.scores)
@@ -351,11 +355,6 @@ class DetectionHead(heads.StudentHead):
         "classes": tf.cast(detections["detection_classes"], tf.int32),
         "num_detections": tf.cast(detections["num_detections"], tf.int32),
     }
-
-  def metric_label(self, targets, image_size):
-    n = int(targets["num_boxes"])
-    return {"boxes": targets["boxes"][:n], "classes": targets["classes"][:n],
-            "image_size": image_size}
 
 
 class _RetinaNetOnPyramid(tf_keras.layers.Layer):

@@ -121,11 +121,6 @@ class StudentHead(abc.ABC):
   def serve(self, outputs: Any, image_size: tf.Tensor) -> dict[str, tf.Tensor]:
     """Raw outputs -> the teacher signature's outputs for images of `image_size`."""
 
-  def metric_label(self, targets: Mapping[str, Any], image_size) -> dict[str, Any]:
-    """One image's targets (NumPy) -> the label `Task.metric().update` takes."""
-    del image_size
-    return dict(targets)
-
 
 class DenseHead(tf_keras.layers.Layer):
   """Model Garden's `SegmentationHead` on the fused level-2 map: convs + 1x1 conv."""

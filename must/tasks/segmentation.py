@@ -133,9 +133,14 @@ class Segmentation(base.Task):
     mask = np.asarray(label.mask)
     ignored = int(np.sum(mask == IGNORE_LABEL))
     return {"ignored_pixels": ignored, "pixels": int(mask.size),
-            "class_counts": base.class_counts(mask[mask != IGNORE_LABEL]),
+            "class_histogram": base.class_counts(mask[mask != IGNORE_LABEL]),
             "ignored_fraction_histogram": np.histogram(
                 [ignored / max(mask.size, 1)], base.SCORE_BINS, (0.0, 1.0))[0].tolist()}
+
+  def stats_summary(self, totals):
+    if not totals.get("pixels"):
+      return {}
+    return {"ignored_pixel_fraction": totals["ignored_pixels"] / totals["pixels"]}
 
   def draw(self, label, image, names, scale):
     mask = visualize.upscale(np.asarray(label.mask), scale)
