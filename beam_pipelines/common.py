@@ -8,33 +8,26 @@ and serializes options (and warns about the rest as unparseable), so each
 options class names `PipelineOptions` among its bases too, and no flag is
 defined by two classes: shared flags live in a common base.
 
-Beam's own TFRecord source and sink need a crc32c package (python-snappy,
-google-crc32c or crcmod), which the pinned stack does not have; TensorFlow's
-record reader and writer compute it natively. Beam's file-based sink still does
-the sharding, temp files and exactly-once finalize.
+TFRecords are Beam's own (`beam.io.WriteToTFRecord`, `tfrecordio`); their
+checksums use the pinned `google-crc32c`. Counts are keyed combiners.
 """
 import argparse
-import hashlib
 import json
 import logging
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
-from apache_beam import coders
-from apache_beam.io import filebasedsink
 from apache_beam.io import fileio
 from apache_beam.io import filesystems
+from apache_beam.io import tfrecordio
 from apache_beam.options import pipeline_options
-import tensorflow as tf
+
+from must import image_codec
 
 DEFAULT_RUNNER = "DirectRunner"
-HASH_SPACE = 16 ** 15  # stable_hash values are in [0, HASH_SPACE)
-
-
-def stable_hash(text: str) -> int:
-  """A hash of `text` that is the same on every machine, run and Python."""
-  return int(hashlib.sha1(text.encode()).hexdigest()[:15], 16)
+HASH_SPACE = image_codec.HASH_SPACE
+stable_hash = image_codec.stable_hash
 
 
 class DataOptions(pipeline_options.PipelineOptions):
@@ -159,41 +152,7 @@ class WriteJsonLines(beam.PTransform):
             | "WriteFile" >> WriteSingleFile(self.path))
 
 
-# -- TFRecords -------------------------------------------------------------------
-
-
-class _TFRecordSink(filebasedsink.FileBasedSink):
-  """Beam file-based sink whose shard files are written by `tf.io.TFRecordWriter`.
-
-  Shard and temp paths must be on a file system both Beam and TensorFlow
-  reach (local, gs://).
-  """
-
-  def __init__(self, file_path_prefix: str, file_name_suffix: str = "", num_shards: int = 0):
-    super().__init__(file_path_prefix, coder=coders.BytesCoder(),
-                     file_name_suffix=file_name_suffix, num_shards=num_shards,
-                     mime_type="application/octet-stream")
-
-  def open(self, temp_path):
-    return tf.io.TFRecordWriter(temp_path)
-
-  def write_record(self, file_handle, value):
-    file_handle.write(value)
-
-  def close(self, file_handle):
-    file_handle.close()
-
-
-class WriteTFRecords(beam.PTransform):
-  """Serialized records -> sharded TFRecord files `<prefix>-SSSSS-of-NNNNN<suffix>`."""
-
-  def __init__(self, file_path_prefix: str, file_name_suffix: str = ".tfrecord",
-               num_shards: int = 0):
-    super().__init__()
-    self.sink = _TFRecordSink(file_path_prefix, file_name_suffix, num_shards)
-
-  def expand(self, records):
-    return records | "Write" >> beam.io.Write(self.sink)
+# -- TFRecords and counts ----------------------------------------------------------
 
 
 def _read_tfrecord_file(readable_file) -> Iterator[tuple[str, bytes | str]]:
@@ -201,18 +160,19 @@ def _read_tfrecord_file(readable_file) -> Iterator[tuple[str, bytes | str]]:
   as its last element, which decoding turns into a dead letter."""
   path = readable_file.metadata.path
   try:
-    for record in tf.data.TFRecordDataset(path):
-      yield path, record.numpy()
-  except tf.errors.OpError as e:
-    yield path, f"{type(e).__name__}: {e.message}"
+    with readable_file.open() as f:
+      while (record := tfrecordio._TFRecordUtil.read_record(f)) is not None:  # pylint: disable=protected-access
+        yield path, record
+  except (ValueError, OSError) as e:  # a bad length, checksum or short record
+    yield path, f"{type(e).__name__}: {e}"[:200]  # (Beam's message quotes the bytes)
 
 
 class ReadTFRecords(beam.PTransform):
   """A file pattern of TFRecord shards -> (shard path, record), one shard per element
-  read by TensorFlow, then redistributed.
+  read by Beam's TFRecord reader, then redistributed.
 
   A record is bytes; a shard that cannot be read on gives one (path, error
-  text) element, a str, where it stops.
+  text) element, a str, where it stops (`ReadFromTFRecord` would fail the job).
   """
 
   def __init__(self, pattern: str):
@@ -227,18 +187,68 @@ class ReadTFRecords(beam.PTransform):
             | "Redistribute" >> beam.Reshuffle())
 
 
-def _count_reasons(reasons: Sequence[str]) -> dict[str, int]:
-  counts = {}
-  for reason in reasons:
-    counts[reason] = counts.get(reason, 0) + 1
-  return dict(sorted(counts.items()))
-
-
 class CountReasons(beam.PTransform):
   """Dead letters ({path, reason, detail}) -> one {reason: count} dict."""
 
   def expand(self, dead_letters):
     return (dead_letters
             | "Reason" >> beam.Map(lambda d: d["reason"])
-            | "Reasons" >> beam.combiners.ToList()
-            | "Count" >> beam.Map(_count_reasons))
+            | "Count" >> beam.combiners.Count.PerElement()
+            | "ToDict" >> beam.combiners.ToDict()
+            | "Sort" >> beam.Map(lambda counts: dict(sorted(counts.items()))))
+
+
+_EXTREMES = {"min": min, "max": max}
+
+
+def _leaves(tree: Mapping[str, Any], path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+  """(key path, number) per leaf of nested dicts (str keys) and lists (int keys)."""
+  items = enumerate(tree) if isinstance(tree, (list, tuple)) else (
+      (str(k), v) for k, v in tree.items())
+  for key, value in items:
+    if isinstance(value, (Mapping, list, tuple)):
+      yield from _leaves(value, (*path, key))
+    else:
+      yield (*path, key), value
+
+
+def _order(key) -> tuple:
+  """List indices, then dict keys, digit strings (class ids) in numeric order."""
+  if isinstance(key, int):
+    return 0, key, ""
+  return (1, int(key), "") if key.isdigit() else (2, 0, key)
+
+
+def _nest(leaves: Sequence[tuple[tuple, Any]]) -> dict[str, Any]:
+  """`_leaves` pairs, in any order -> the nested dicts and lists again, keys ordered."""
+  tree = {}
+  for path, value in sorted(leaves, key=lambda kv: [_order(k) for k in kv[0]]):
+    node = tree
+    for key, child in zip(path[:-1], path[1:]):
+      node = node.setdefault(key, [] if isinstance(child, int) else {})
+    if isinstance(node, list):
+      node.append(value)
+    else:
+      node[path[-1]] = value
+  return tree
+
+
+class CombineTrees(beam.PTransform):
+  """Nested dicts (and lists) of numbers -> one such tree: each leaf is summed over
+  the inputs, except leaves named `min` or `max`, which keep the extreme.
+
+  The trees are flattened to (key path, number) and combined per key
+  (`CombinePerKey(sum)`, `min`, `max`); an empty input gives {}.
+  """
+
+  def expand(self, trees):
+    leaves = trees | "Leaves" >> beam.FlatMap(_leaves)
+    ops = [("sum", sum), *_EXTREMES.items()]
+    parts = leaves | "ByOp" >> beam.Partition(
+        lambda kv, n: list(_EXTREMES).index(kv[0][-1]) + 1 if kv[0][-1] in _EXTREMES else 0,
+        len(ops))
+    return ([part | f"Combine[{name}]" >> beam.CombinePerKey(fn)
+             for part, (name, fn) in zip(parts, ops)]
+            | "AllLeaves" >> beam.Flatten()
+            | "ToList" >> beam.combiners.ToList()
+            | "Nest" >> beam.Map(_nest))

@@ -192,34 +192,6 @@ def image_counts(selected: Selected, tasks: Sequence[str]) -> dict[str, Any]:
   return counts
 
 
-def _add(total: dict, counts: Mapping[str, Any]) -> dict:
-  for key, value in counts.items():
-    if isinstance(value, Mapping):
-      _add(total.setdefault(key, {}), value)
-    else:
-      total[key] = total.get(key, 0) + value
-  return total
-
-
-class SumCounts(beam.CombineFn):
-  """Nested dicts of counts -> their sum, key by key."""
-
-  def create_accumulator(self):
-    return {}
-
-  def add_input(self, acc, counts):
-    return _add(acc, counts)
-
-  def merge_accumulators(self, accumulators):
-    total = {}
-    for acc in accumulators:
-      _add(total, acc)
-    return total
-
-  def extract_output(self, acc):
-    return acc
-
-
 def task_record(example: shards.LabeledExample, task: str, schema: schema_lib.Schema) -> bytes:
   """One task's serialized tf.Example: the image, this task's label and provenance."""
   tf_example = schema.encode(
@@ -458,10 +430,12 @@ class Export(beam.PTransform):
                  | f"Repeat[{task}]" >> beam.FlatMap(_repeat))
         holdout = records | f"HoldoutRecords[{task}]" >> beam.FlatMap(
             lambda kv: [kv[1][1]] if kv[0] == HOLDOUT else [])
-        train | f"WriteTrain[{task}]" >> common.WriteTFRecords(
-            common.join(prefix, TRAIN), num_shards=config["num_shards"])
-        holdout | f"WriteHoldout[{task}]" >> common.WriteTFRecords(
-            common.join(prefix, HOLDOUT), num_shards=config["num_shards"])
+        train | f"WriteTrain[{task}]" >> beam.io.WriteToTFRecord(
+            common.join(prefix, TRAIN), file_name_suffix=".tfrecord",
+            num_shards=config["num_shards"])
+        holdout | f"WriteHoldout[{task}]" >> beam.io.WriteToTFRecord(
+            common.join(prefix, HOLDOUT), file_name_suffix=".tfrecord",
+            num_shards=config["num_shards"])
 
     if COCO in config["formats"]:
       num_classes = len(config["categories"])
@@ -498,9 +472,9 @@ class Export(beam.PTransform):
         common.join(output_dir, DEAD_LETTERS_FILE))
     counts = (selected
               | "ImageCounts" >> beam.Map(image_counts, tasks)
-              | "SumImageCounts" >> beam.CombineGlobally(SumCounts()))
+              | "SumImageCounts" >> common.CombineTrees())
     copies_total = (copies_counts | "AllCopiesCounts" >> beam.Flatten()
-                    | "SumCopies" >> beam.CombineGlobally(SumCounts()))
+                    | "SumCopies" >> common.CombineTrees())
     summary = (pbegin
                | "One" >> beam.Create([None])
                | "Summary" >> beam.Map(

@@ -1,6 +1,6 @@
 """Teachers behind `RunInference`: our own ModelHandler over `must.serving`.
 
-A teacher is anything with `task`, `input_size`, `metadata` and
+A teacher is anything with `task`, `input_size` and
 `predict(uint8 [B, H, W, 3]) -> {name: array [B, ...]}`; `must.serving.load`
 gives one for an exported SavedModel (Beam's stock TF handler cannot load
 these), and tests pass a loader that gives fakes. `TeachersModelHandler` loads
@@ -14,10 +14,8 @@ are dense maps and are resized bilinearly; the rest (class distributions,
 normalized boxes) carry over as they are.
 """
 import dataclasses
-import json
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
-from apache_beam.io import filesystems
 from apache_beam.ml.inference import base as inference_base
 import cv2
 import numpy as np
@@ -29,7 +27,6 @@ class Teacher(Protocol):
   """What the pipeline needs of a teacher (a `must.serving.ServedModel` is one)."""
   task: str
   input_size: tuple[int, int]
-  metadata: dict[str, Any]
 
   def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
     """uint8 [B, H, W, 3] at `input_size` -> raw outputs with a batch dimension."""
@@ -41,17 +38,6 @@ class TeacherSpec:
   task: str
   path: str
   batch_size: int = 8
-
-
-def read_metadata(path: str) -> dict[str, Any]:
-  """A teacher's `teacher.json` through Beam's file systems (local, gs://, s3://)."""
-  metadata_path = filesystems.FileSystems.join(path, serving.METADATA_FILE)
-  try:
-    with filesystems.FileSystems.open(metadata_path) as f:
-      return json.loads(f.read().decode())
-  except Exception as e:  # pylint: disable=broad-except  (any file system's error)
-    raise FileNotFoundError(f"cannot read {metadata_path} ({e}): export the teacher with "
-                            "python -m teachers.export") from None
 
 
 class LoadedTeachers(dict):

@@ -99,13 +99,14 @@ class PseudoLabelOptions(common.DataOptions, pipeline_options.PipelineOptions):
 
 
 def resolve_config(raw: Mapping[str, Any], where: str = "teachers config",
-                   metadata_fn: Callable[[str], dict] = inference.read_metadata) -> dict:
+                   metadata_fn: Callable[[str], serving.TeacherMetadata] = (
+                       serving.TeacherMetadata.read)) -> dict:
   """Checks a teachers config and fills in what the teachers' metadata says.
 
   Args:
     raw: the parsed YAML.
     where: named in error messages.
-    metadata_fn: teacher path -> its `teacher.json` contents.
+    metadata_fn: teacher path -> its `teacher.json`.
 
   Returns:
     {'teachers': [{task, path, batch_size, name, version, input_size, num_classes,
@@ -133,16 +134,15 @@ def resolve_config(raw: Mapping[str, Any], where: str = "teachers config",
     batch_size = int(entry.get("batch_size", 8))
     if batch_size < 1:
       raise ValueError(f"{where}: {task} batch_size must be >= 1, got {batch_size}")
-    metadata = serving.task_metadata(metadata_fn(entry["path"]), task, where=entry["path"])
-    if metadata.get("task") != task:
-      raise ValueError(f"{where}: {entry['path']} is a {metadata.get('task')} teacher, "
+    metadata = metadata_fn(entry["path"]).for_task(task, where=entry["path"])
+    if metadata.task != task:
+      raise ValueError(f"{where}: {entry['path']} is a {metadata.task} teacher, "
                        f"listed as {task}")
     teachers.append({"task": task, "path": entry["path"], "batch_size": batch_size,
-                     "name": metadata.get("experiment", task),
-                     "version": str(metadata.get("version", "")),
-                     "input_size": list(metadata["input_size"]),
-                     "num_classes": metadata.get("num_classes"),
-                     "class_names": metadata.get("class_names")})
+                     "name": metadata.experiment or task, "version": str(metadata.version),
+                     "input_size": list(metadata.input_size),
+                     "num_classes": metadata.num_classes,
+                     "class_names": metadata.class_names})
   if not teachers:
     raise ValueError(f"{where}: lists no teachers")
   thresholds = {k: dict(v or {}) for k, v in (raw.get("thresholds") or {}).items()}
@@ -435,7 +435,7 @@ class PseudoLabel(beam.PTransform):
     dead_letters = ((read["dead_letters"], made[decode.DEAD_LETTERS])
                     | "AllDeadLetters" >> beam.Flatten())
 
-    records | "WriteExamples" >> common.WriteTFRecords(
+    records | "WriteExamples" >> beam.io.WriteToTFRecord(
         common.join(output_dir, EXAMPLES_PREFIX),
         file_name_suffix=".tfrecord", num_shards=options["num_shards"])
     dead_letters | "WriteDeadLetters" >> common.WriteJsonLines(

@@ -69,10 +69,18 @@ def decode_png(data: bytes) -> np.ndarray:
   return _to_cv(array)
 
 
+HASH_SPACE = 16 ** 15  # stable_hash values are in [0, HASH_SPACE), under 2**60
+
+
+def stable_hash(data: bytes | str) -> int:
+  """A hash of `data` that is the same on every machine, run and Python."""
+  return int(hashlib.sha1(data.encode() if isinstance(data, str) else data).hexdigest()[:15], 16)
+
+
 def content_id(data: bytes) -> str:
-  """A stable id of an image from its encoded bytes: a decimal string < 2**60.
+  """A stable id of an image from its encoded bytes, `stable_hash` in decimal.
 
   Decimal because Model Garden's detection evaluation parses
   `image/source_id` as the int64 COCO image id.
   """
-  return str(int(hashlib.sha1(data).hexdigest()[:15], 16))
+  return str(stable_hash(data))

@@ -24,6 +24,7 @@ type `image_tensor`) for a stock classification, RetinaNet or segmentation
 model becomes a teacher through `adapt_model_garden_export`: it wraps the
 export's `serving_default` signature and maps its outputs, no retraining.
 """
+import dataclasses
 import json
 import os
 
@@ -36,7 +37,6 @@ from must import serving
 import teachers
 from official.core import task_factory
 
-METADATA_FILE = serving.METADATA_FILE
 SIGNATURE = serving.SIGNATURE
 
 
@@ -64,21 +64,14 @@ def _serve_fn(teacher, params, model, input_size):
 
 def _write_metadata(export_dir: str, teacher, params, version: str, class_names,
                     source: str) -> dict:
-  input_size = list(params.task.model.input_size[:2])
-  metadata = {
-      "task": teacher.TASK,
-      "experiment": teacher.EXPERIMENT,
-      "version": version,
-      "input_size": input_size,
-      "num_classes": getattr(params.task.model, "num_classes", None),
-      "class_names": class_names,
-      "train_batch_size": params.task.train_data.global_batch_size,
-      "train_learning_rate": configs.initial_learning_rate(params.trainer),
-      "source": source,
-  }
-  with tf.io.gfile.GFile(os.path.join(export_dir, METADATA_FILE), "w") as f:
-    json.dump(metadata, f, indent=2)
-  return metadata
+  metadata = serving.TeacherMetadata(
+      task=teacher.TASK, experiment=teacher.EXPERIMENT, version=version,
+      input_size=list(params.task.model.input_size[:2]),
+      num_classes=getattr(params.task.model, "num_classes", None), class_names=class_names,
+      train_batch_size=params.task.train_data.global_batch_size,
+      train_learning_rate=configs.initial_learning_rate(params.trainer), source=source)
+  metadata.write(export_dir)
+  return dataclasses.asdict(metadata)
 
 
 def _class_names(world_dir: str | None, num_classes: int | None):
@@ -115,7 +108,7 @@ def export_teacher(model_dir: str, export_dir: str, *, checkpoint_path: str | No
   checkpoint = latest_checkpoint(model_dir, checkpoint_path)
   task = task_factory.get_task(params.task, logging_dir=None)
   model = task.build_model()
-  tf.train.Checkpoint(model=model).read(checkpoint).expect_partial()
+  serving.restore(checkpoint, model=model)
   input_size = list(params.task.model.input_size[:2])
   module = TeacherModule(_serve_fn(teacher, params, model, input_size), input_size, model)
   tf.saved_model.save(module, export_dir, signatures={SIGNATURE: module.serve})

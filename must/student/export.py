@@ -19,6 +19,7 @@ So the student serves as the teachers of the next self-training round: list it
 once per task in the pseudo-labeling teachers config (`must.serving.load(path,
 task)` picks the task's signature).
 """
+import dataclasses
 import json
 import os
 
@@ -68,7 +69,7 @@ def export_student(model_dir: str, export_dir: str, *, checkpoint_path: str | No
   checkpoint = checkpoint_path or latest_checkpoint(model_dir)
   task = task_lib.StudentTask(params.task)
   model = task.build_model()
-  tf.train.Checkpoint(model=model).read(checkpoint).expect_partial()
+  serving.restore(checkpoint, model=model)
   module = StudentModule(task, model)
   tf.saved_model.save(module, export_dir, signatures=module.serve_fns)
   tf.train.Checkpoint(backbone=model.backbone).save(
@@ -77,22 +78,19 @@ def export_student(model_dir: str, export_dir: str, *, checkpoint_path: str | No
   if world_dir:
     from must.world import writer  # pylint: disable=g-import-not-at-top
     class_names = writer.load_metadata(world_dir)["categories"]
-  metadata = {
-      "experiment": student_config.EXPERIMENT,
-      "version": version or f"step{checkpoint.rsplit('-', 1)[-1]}",
-      "input_size": task.input_size,
-      "tasks": {head.task: {"num_classes": head.num_classes or None,
-                            "class_names": class_names if head.num_classes else None,
-                            "loss_weight": task.loss_weights[head.task]}
-                for head in params.task.model.heads},
-      "train_batch_size": params.task.train_data.global_batch_size,
-      "train_learning_rate": configs.initial_learning_rate(params.trainer),
-      "backbone_checkpoint": os.path.join(BACKBONE_DIR, "ckpt-1"),
-      "source": os.path.abspath(checkpoint),
-  }
-  with tf.io.gfile.GFile(os.path.join(export_dir, serving.METADATA_FILE), "w") as f:
-    json.dump(metadata, f, indent=2)
-  return metadata
+  metadata = serving.TeacherMetadata(
+      experiment=student_config.EXPERIMENT,
+      version=version or f"step{checkpoint.rsplit('-', 1)[-1]}", input_size=task.input_size,
+      tasks={head.task: {"num_classes": head.num_classes or None,
+                         "class_names": class_names if head.num_classes else None,
+                         "loss_weight": task.loss_weights[head.task]}
+             for head in params.task.model.heads},
+      train_batch_size=params.task.train_data.global_batch_size,
+      train_learning_rate=configs.initial_learning_rate(params.trainer),
+      backbone_checkpoint=os.path.join(BACKBONE_DIR, "ckpt-1"),
+      source=os.path.abspath(checkpoint))
+  metadata.write(export_dir)
+  return dataclasses.asdict(metadata)
 
 
 def main(argv):

@@ -22,6 +22,7 @@ import tensorflow as tf
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
 import tf_keras
 from must import schema as schema_lib
+from must import serving
 from must import training
 from must.student import config as student_config
 from must.student import model as model_lib
@@ -116,7 +117,7 @@ class StudentTask(base_task.Task):
     modules = [modules] if isinstance(modules, str) else list(modules)
     items = model.checkpoint_items
     if "all" in modules:
-      tf.train.Checkpoint(model=model).read(path).expect_partial()
+      serving.restore(path, model=model)
       return
     unknown = sorted(set(modules) - set(items))
     if unknown:
@@ -126,9 +127,8 @@ class StudentTask(base_task.Task):
     # Model Garden's training checkpoints and the exported backbone both hold
     # the modules at their root; a plain `Checkpoint(model=...)` nests them.
     roots = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(path)}
-    checkpoint = (tf.train.Checkpoint(**named) if set(named) <= roots
-                  else tf.train.Checkpoint(model=tf.train.Checkpoint(**named)))
-    checkpoint.read(path).expect_partial().assert_existing_objects_matched()
+    serving.restore(path, **(named if set(named) <= roots
+                             else {"model": tf.train.Checkpoint(**named)}))
 
   def build_inputs(self, params: student_config.StudentDataConfig,
                    input_context: Optional[tf.distribute.InputContext] = None

@@ -416,6 +416,14 @@ def test_exported_backbone_loads_into_a_fresh_backbone(exported_student, tiny_wo
   assert any(not np.array_equal(a, b) for a, b in zip(before, after))
 
 
+def test_export_from_a_checkpoint_without_the_student_fails_naming_it(exported_student, tmp_path):
+  wrong = tf.train.latest_checkpoint(os.path.join(exported_student, export.BACKBONE_DIR))
+  with pytest.raises(ValueError, match=f"checkpoint {wrong} does not hold the model"):
+    export.export_student(os.path.join(os.path.dirname(exported_student), "model"),
+                          str(tmp_path / "export"), checkpoint_path=wrong)
+  assert not (tmp_path / "export").exists()  # nothing exported with random weights
+
+
 def test_exported_student_is_a_teacher_of_the_pipeline(exported_student, tiny_world, tmp_path):
   from beam_pipelines import pseudo_label  # pylint: disable=g-import-not-at-top
   teachers = {"teachers": [{"task": task, "path": exported_student, "batch_size": 4}
