@@ -16,6 +16,7 @@ import yaml
 
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
 from beam_pipelines import pseudo_label
+from must import configs
 from must import schema as schema_lib
 import teachers
 from teachers import export
@@ -32,12 +33,11 @@ INPUT_SIZE = 32  # the world's images are 64x64: outputs are mapped back
 def classification_teacher(tiny_world, tmp_path_factory) -> str:
   """A random-weight classification teacher exported like a trained one."""
   model_dir = str(tmp_path_factory.mktemp("classification_teacher"))
-  params = exp_factory.get_exp_config(teachers.TEACHERS["classification"].EXPERIMENT)
-  params.override({"task": {
-      "model": {"input_size": [INPUT_SIZE, INPUT_SIZE, 3],
-                "backbone": {"resnet": {"model_id": 10, "depth_multiplier": 0.25}}},
-      "train_data": {"input_path": f"{tiny_world}/labeled/classification/train-*"},
-      "validation_data": {"input_path": f"{tiny_world}/eval/eval-*"}}}, is_strict=True)
+  params = configs.load(exp_factory.get_exp_config(
+      teachers.classification.TINY_EXPERIMENT), params_override={"task": {
+          "model": {"input_size": [INPUT_SIZE, INPUT_SIZE, 3]},
+          "train_data": {"input_path": f"{tiny_world}/labeled/classification/train-*"},
+          "validation_data": {"input_path": f"{tiny_world}/eval/eval-*"}}})
   train_utils.serialize_config(params, model_dir)
   model = task_factory.get_task(params.task, logging_dir=None).build_model()
   tf.train.Checkpoint(model=model).save(os.path.join(model_dir, "ckpt"))

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from beam_pipelines import export
 from beam_pipelines import shards
+from must import configs
 from must import image_codec
 from must import schema as schema_lib
 from must.tasks import classification
@@ -197,15 +198,11 @@ def test_coco_evaluation_of_the_export_against_itself(exported):
 
 def _stock_params(task: str, input_path: str, size: int = 64):
   """The teacher's Model Garden experiment, tiny: ResNet-10 at quarter width."""
-  params = exp_factory.get_exp_config(teachers.TEACHERS[task].EXPERIMENT)
-  params.override({"task": {
-      "model": {"input_size": [size, size, 3],
-                "backbone": {"resnet": {"model_id": 10, "depth_multiplier": 0.25}}},
-      "train_data": {"input_path": input_path, "global_batch_size": 2,
-                     "shuffle_buffer_size": 4}}}, is_strict=True)
-  if task == "segmentation":
-    params.override({"task": {"train_data": {"output_size": [size, size]}}})
-  return params
+  params = exp_factory.get_exp_config(configs.tiny(teachers.TEACHERS[task].EXPERIMENT))
+  return configs.load(params, overrides=[
+      ("size", configs.image_size_override(params, size, size)),
+      ("test", {"task": {"train_data": {"input_path": input_path, "global_batch_size": 2,
+                                        "shuffle_buffer_size": 4}}})])
 
 
 @pytest.mark.parametrize("task", ["classification", "detection", "segmentation"])

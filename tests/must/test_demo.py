@@ -16,35 +16,27 @@ from must.world import writer
 
 REPO = pathlib.Path(__file__).parents[2]
 
-# Small teachers check the orchestration of the real binaries: a classification
-# teacher of 2 steps (its top-1 on 8 eval images says nothing), and a depth teacher
-# that learns the ground plane's layout in 20 steps, so the test can check that a
-# trained teacher beats chance. Both have the tiny student's backbone.
-TINY_BACKBONE = {"resnet": {"model_id": 10, "depth_multiplier": 0.25}}
+# Small teachers check the orchestration of the real binaries: the registered
+# tiny experiments (ResNet-10 at quarter width, batches of 4), a classification
+# teacher of 2 steps (its top-1 on 8 eval images says nothing), and a depth
+# teacher that learns the ground plane's layout in 20 steps, so the test can
+# check that a trained teacher beats chance. Their schedules follow the steps.
 TINY_TEACHER_STEPS = {"classification": 2, "depth": 20}
 TINY_TEACHERS = {
     "classification": {
-        "task": {"model": {"backbone": TINY_BACKBONE},
-                 "train_data": {"global_batch_size": 4},
-                 "validation_data": {"global_batch_size": 4}},
+        "experiment": "must_classification_teacher_tiny",
         "trainer": {"train_steps": 2, "steps_per_loop": 1, "checkpoint_interval": 2}},
     # 20 steps of batch 4 at 64 px, about 4 s of training steps on a CPU core:
     # delta < 1.25 of 0.48 with seed 0 (0.46 and 0.53 with seeds 2 and 1), against
     # 0.13 for a constant prediction (`_depth_chance`).
     "depth": {
-        "task": {"model": {"backbone": TINY_BACKBONE},
-                 "train_data": {"global_batch_size": 4},
-                 "validation_data": {"global_batch_size": 4}},
-        "trainer": {"train_steps": 20, "steps_per_loop": 20, "checkpoint_interval": 20,
-                    "optimizer_config": {"learning_rate": {"cosine": {"decay_steps": 20}},
-                                         "warmup": {"linear": {"warmup_steps": 2}}}}},
+        "experiment": "must_depth_teacher_tiny",
+        "trainer": {"train_steps": 20, "steps_per_loop": 20, "checkpoint_interval": 20}},
 }
 
 
 TINY_STUDENT = {
-    "task": {"model": {"backbone": {"resnet": {"model_id": 10, "depth_multiplier": 0.25}},
-                       "decoder": {"fpn": {"num_filters": 16}}},
-             "train_data": {"global_batch_size": 4}, "validation_data": {"global_batch_size": 4}},
+    "experiment": "must_student_tiny",
     "trainer": {"train_steps": 2, "steps_per_loop": 1, "checkpoint_interval": 2}}
 
 
@@ -268,6 +260,8 @@ def test_shipped_settings_pass_the_config_check(setting):
     ("teachers.yaml", "classification: {}\ndepht: {}", "no teacher for ['depht']"),
     ("baselines.yaml", "tasks: [detection]", "baselines for tasks with no teacher"),
     ("pseudo_label.yaml", "threshold: {}", "unknown keys ['threshold']"),
+    ("student.yaml", "experiment: must_studnt", "'must_studnt' is not a variant of must_student"),
+    ("transfer.yaml", "claim: {task: depth, rivals: []}", "claim.task must be one of its tasks"),
 ])
 def test_a_bad_stage_config_stops_before_any_stage(tmp_path, name, text, message):
   config_dir, output_dir = tmp_path / "configs", tmp_path / "out"
