@@ -6,13 +6,14 @@ class distribution.
 import tensorflow as tf
 
 from must import configs
+from must.tasks import classification
 from official.core import config_definitions as cfg
 from official.core import exp_factory
 from official.vision.configs import image_classification as ic_cfg
 from official.vision.serving import image_classification as ic_serving
 from teachers import common
 
-TASK = "classification"
+TASK = classification.Classification.name
 EXPERIMENT = "must_classification_teacher"
 TASK_CONFIG = ic_cfg.ImageClassificationTask
 

@@ -6,6 +6,7 @@ classes and the number of detections.
 import tensorflow as tf
 
 from must import configs
+from must.tasks import detection
 from official.core import config_definitions as cfg
 from official.core import exp_factory
 from official.vision.configs import decoders
@@ -13,7 +14,7 @@ from official.vision.configs import retinanet as rn_cfg
 from official.vision.serving import detection as det_serving
 from teachers import common
 
-TASK = "detection"
+TASK = detection.Detection.name
 EXPERIMENT = "must_detection_teacher"
 TASK_CONFIG = rn_cfg.RetinaNetTask
 

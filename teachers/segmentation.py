@@ -6,6 +6,7 @@ class probabilities at the input size.
 import tensorflow as tf
 
 from must import configs
+from must.tasks import segmentation
 from official.core import config_definitions as cfg
 from official.core import exp_factory
 from official.vision.configs import decoders
@@ -13,7 +14,7 @@ from official.vision.configs import semantic_segmentation as seg_cfg
 from official.vision.serving import semantic_segmentation as seg_serving
 from teachers import common
 
-TASK = "segmentation"
+TASK = segmentation.Segmentation.name
 EXPERIMENT = "must_segmentation_teacher"
 TASK_CONFIG = seg_cfg.SemanticSegmentationTask
 
