@@ -217,10 +217,8 @@ def test_the_pipeline_pseudo_labels_it_and_counts_its_statistics(pseudo_labeled)
 
 def test_the_student_trains_a_head_for_it(world, pseudo_labeled, tmp_path):
   data = {"global_batch_size": 4, "shuffle_buffer_size": 8}
-  params = configs.load(exp_factory.get_exp_config(student_config.EXPERIMENT), params_override={
-      "task": {"model": {"input_size": [64, 64, 3], "heads": [{"task": NAME}],
-                         "backbone": {"resnet": {"model_id": 10, "depth_multiplier": 0.25}},
-                         "decoder": {"fpn": {"num_filters": 16}}},
+  params = configs.load(exp_factory.get_exp_config(student_config.TINY_EXPERIMENT), params_override={
+      "task": {"model": {"input_size": [64, 64, 3], "heads": [{"task": NAME}]},
                "train_data": {**data, "input_path": f"{pseudo_labeled}/*.tfrecord"},
                "validation_data": {**data, "input_path": f"{world}/eval/*.tfrecord"}},
       "trainer": {"train_steps": 4, "steps_per_loop": 2, "checkpoint_interval": 4,
