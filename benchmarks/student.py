@@ -68,7 +68,7 @@ def main():
   parser.add_argument("--scenes", type=int, default=256)
   parser.add_argument("--size", type=int, default=None, help="image size (default: 96)")
   args = parser.parse_args()
-  tasks = list(student_config.DEFAULT_TASKS)
+  tasks = [head.task for head in student_config.default_heads()]
   with tempfile.TemporaryDirectory() as world_dir:
     pattern = worlds.eval_split(world_dir, args.scenes, args.size)
     task, params, multi_step = _trainer(tasks, pattern, args.batch_size, args.size)
