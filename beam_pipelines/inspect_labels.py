@@ -181,7 +181,7 @@ class Inspect(beam.PTransform):
     tasks = schema_lib.Schema(config["task_params"]).tasks
     stats = (examples
              | "ExampleStats" >> beam.Map(example_stats, tasks)
-             | "TaskStats" >> beam.CombineGlobally(pseudo_label.LabelStatsFn()))
+             | "TaskStats" >> pseudo_label.LabelStats(config["task_params"]))
     matching = examples | "Filter" >> beam.Filter(matches, config["filters"], tasks)
     seed = config["seed"]
     sample = (matching

@@ -61,7 +61,6 @@ from beam_pipelines import inference
 from must import schema as schema_lib
 from must import serving
 from must import tasks as tasks_lib
-from must.tasks import base
 
 IMAGES = "images"
 TFRECORD = "tfrecord"
@@ -71,8 +70,6 @@ EXAMPLES_PREFIX = "pseudo_labeled"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"
 SUMMARY_FILE = "summary.json"
 LABELING_FAILED = "labeling_failed"
-SCORE_BINS = base.SCORE_BINS
-_BINNED = ("score_histogram", "ignored_fraction_histogram")  # SCORE_BINS bins over [0, 1]
 _CONFIG_KEYS = {"teachers", "thresholds", "task_params"}
 _TEACHER_KEYS = {"task", "path", "batch_size"}
 _NAMESPACE = "pseudo_label"
@@ -325,67 +322,40 @@ class MakeExamplesFn(beam.DoFn):
     return example.SerializeToString(deterministic=True), stats
 
 
-class LabelStatsFn(beam.CombineFn):
-  """Per-example task stats (`label_stats` plus 'source') -> per-task totals and
-  histograms: `class_histogram` sums the examples' `class_counts`."""
+def _counted(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+  """One example's task stats with its label's source as a count of one."""
+  return {task: {schema_lib.PSEUDO: 0, schema_lib.GROUND_TRUTH: 0,
+                 **{k: v for k, v in s.items() if k != "source"}, s["source"]: 1}
+          for task, s in stats.items()}
 
-  def create_accumulator(self):
-    return {}
 
-  def add_input(self, acc, stats):
-    for task, s in stats.items():
-      t = acc.setdefault(task, {"pseudo": 0, "ground_truth": 0})
-      t[s["source"]] += 1
-      for cls, count in s.get("class_counts", {}).items():
-        hist = t.setdefault("class_histogram", {})
-        hist[str(cls)] = hist.get(str(cls), 0) + count
-      if "boxes" in s:
-        hist = t.setdefault("boxes_per_image_histogram", {})
-        hist[str(s["boxes"])] = hist.get(str(s["boxes"]), 0) + 1
-        t["boxes"] = t.get("boxes", 0) + s["boxes"]
-      for key in _BINNED:
-        if key in s:
-          t[key] = [a + b for a, b in zip(t.get(key, [0] * SCORE_BINS), s[key])]
-      for key in ("ignored_pixels", "pixels", "valid_pixels"):
-        if key in s:
-          t[key] = t.get(key, 0) + s[key]
-      if "min" in s:
-        t["min"] = min(t.get("min", s["min"]), s["min"])
-        t["max"] = max(t.get("max", s["max"]), s["max"])
-    return acc
+def _summarize(totals: dict[str, dict[str, Any]],
+               task_params: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+  schema = schema_lib.Schema({task: task_params.get(task, {}) for task in totals})
+  for task, task_totals in totals.items():
+    task_totals.update(schema.tasks[task].stats_summary(task_totals))
+    if "min" in task_totals:
+      task_totals["range"] = [task_totals.pop("min"), task_totals.pop("max")]
+  return totals
 
-  def merge_accumulators(self, accumulators):
-    merged = {}
-    for acc in accumulators:
-      for task, t in acc.items():
-        m = merged.setdefault(task, {"pseudo": 0, "ground_truth": 0})
-        for key, value in t.items():
-          if key in ("class_histogram", "boxes_per_image_histogram"):
-            hist = m.setdefault(key, {})
-            for k, v in value.items():
-              hist[k] = hist.get(k, 0) + v
-          elif key in _BINNED:
-            m[key] = [a + b for a, b in zip(m.get(key, [0] * SCORE_BINS), value)]
-          elif key == "min":
-            m[key] = min(m.get(key, value), value)
-          elif key == "max":
-            m[key] = max(m.get(key, value), value)
-          else:
-            m[key] = m.get(key, 0) + value
-    return merged
 
-  def extract_output(self, acc):
-    for t in acc.values():
-      if t.get("pseudo") and "boxes" in t:
-        t["boxes_per_image"] = t["boxes"] / t["pseudo"]
-      if "ignored_pixels" in t and t.get("pixels"):
-        t["ignored_pixel_fraction"] = t["ignored_pixels"] / t["pixels"]
-      if "min" in t:
-        t["range"] = [t.pop("min"), t.pop("max")]
-      for key in ("class_histogram", "boxes_per_image_histogram"):
-        if key in t:
-          t[key] = dict(sorted(t[key].items(), key=lambda kv: int(kv[0])))
-    return dict(sorted(acc.items()))
+class LabelStats(beam.PTransform):
+  """Per-example task stats (`Task.label_stats` plus 'source') -> one dict of
+  per-task totals (`common.CombineTrees`), with each task's `stats_summary` added.
+
+  Args:
+    task_params: the schema's task parameters (which task objects summarize).
+  """
+
+  def __init__(self, task_params: Mapping[str, Mapping[str, Any]]):
+    super().__init__()
+    self.task_params = dict(task_params)
+
+  def expand(self, stats):
+    return (stats
+            | "Counted" >> beam.Map(_counted)
+            | "Totals" >> common.CombineTrees()
+            | "Summarize" >> beam.Map(_summarize, self.task_params))
 
 
 def make_summary(_, images_in: int, examples_out: int, reasons: dict, task_stats: dict,
@@ -443,7 +413,7 @@ class PseudoLabel(beam.PTransform):
 
     examples_out = records | "CountOut" >> beam.combiners.Count.Globally()
     reasons = dead_letters | "CountReasons" >> common.CountReasons()
-    task_stats = made.stats | "TaskStats" >> beam.CombineGlobally(LabelStatsFn())
+    task_stats = made.stats | "TaskStats" >> LabelStats(self.config["task_params"])
     summary = (pbegin
                | "One" >> beam.Create([None])
                | "Summary" >> beam.Map(
