@@ -44,5 +44,9 @@ def main(argv):
   print(evaluate.table(evaluate_teachers(_TEACHER_DIRS.value, _WORLD_DIR.value, _SPLIT.value)))
 
 
-if __name__ == "__main__":
+def run_cli():
   app.run(main)
+
+
+if __name__ == "__main__":
+  run_cli()

@@ -169,5 +169,9 @@ def main(argv):
   print(json.dumps(metadata, indent=2))
 
 
-if __name__ == "__main__":
+def run_cli():
   app.run(main)
+
+
+if __name__ == "__main__":
+  run_cli()

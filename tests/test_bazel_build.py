@@ -8,11 +8,13 @@ the binaries they run by module name (`python -m must.train`; `data` may carry t
 """
 import ast
 import dataclasses
+import fnmatch
 import importlib.metadata
 import os
 import pathlib
 import re
 import sys
+import tomllib
 
 import pytest
 
@@ -146,12 +148,21 @@ def test_build_files_match_the_code():
   assert problems(REPO) == []
 
 
-def test_every_requirement_is_pinned():
-  pinned = {_normalize(re.split(r"[=<>\[ ]", line)[0])
-            for line in (REPO / "requirements.txt").read_text().splitlines()
-            if line.strip() and not line.startswith("#")}
-  used = set().union(*(target.requirements for target in read_targets(REPO).values()))
-  assert used <= pinned
+def test_requirements_are_pinned_and_the_package_declares_its_own():
+  """requirement() names a line of requirements.txt; pyproject.toml's dependencies are the lines
+  of the requirements of the targets it packages."""
+  lines = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+  pins = {_normalize(re.split(r"[=<>\[ ]", line)[0]): line
+          for line in lines if line and not line.startswith("#")}
+  targets = read_targets(REPO).values()
+  assert set().union(*(target.requirements for target in targets)) <= pins.keys()
+  project = tomllib.loads((REPO / "pyproject.toml").read_text())
+  packages = project["tool"]["setuptools"]["packages"]["find"]["include"]
+  packaged = [target for target in targets if all(
+      any(fnmatch.fnmatch(src.split("/")[0], package) for package in packages)
+      for src in target.srcs)]
+  needed = set().union(*(target.requirements for target in packaged))
+  assert sorted(project["project"]["dependencies"]) == sorted(pins[name] for name in needed)
 
 
 _FAKE_BUILD = """

@@ -112,6 +112,10 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["model_dir", "export_dir"])
 
 
-if __name__ == "__main__":
+def run_cli():
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run_cli()

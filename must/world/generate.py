@@ -28,5 +28,9 @@ def main(argv):
                     "scenes_per_second": metadata["scenes_per_second"]}, indent=2))
 
 
-if __name__ == "__main__":
+def run_cli():
   app.run(main)
+
+
+if __name__ == "__main__":
+  run_cli()

@@ -1,0 +1,53 @@
+"""pyproject.toml has a console script for every binary of the package, each one answering --help
+(tests/test_bazel_build.py checks its dependencies)."""
+import ast
+import fnmatch
+import pathlib
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+SCRIPTS = PYPROJECT["project"]["scripts"]
+
+
+def _packaged(path: str) -> bool:
+  patterns = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+  return any(fnmatch.fnmatch(path.split("/")[0], pattern) for pattern in patterns)
+
+
+def _source(module: str) -> ast.Module:
+  return ast.parse((REPO / (module.replace(".", "/") + ".py")).read_text())
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_console_script_names_a_function_without_required_arguments(script):
+  module, _, name = SCRIPTS[script].partition(":")
+  (function,) = [node for node in _source(module).body
+                 if isinstance(node, ast.FunctionDef) and node.name == name]
+  assert len(function.args.defaults) == len(function.args.args), SCRIPTS[script]
+
+
+def test_every_binary_of_the_package_has_a_console_script():
+  modules = {path.relative_to(REPO).with_suffix("").as_posix().replace("/", ".")
+             for path in REPO.rglob("*.py") if _packaged(path.relative_to(REPO).as_posix())}
+  binaries = {module for module in modules if any(
+      isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+      for node in _source(module).body)}
+  assert binaries == {target.partition(":")[0] for target in SCRIPTS.values()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_console_script_answers_help(script):
+  module, _, name = SCRIPTS[script].partition(":")
+  # What the script that pip writes runs (absl exits 1 after its help, argparse 0).
+  shim = f"import sys; from {module} import {name}; sys.argv[0] = {script!r}; sys.exit({name}())"
+  result = subprocess.run([sys.executable, "-c", shim, "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode in (0, 1) and "Traceback" not in result.stderr, result.stderr
+  assert re.search(rf"usage: {script}", result.stdout, re.IGNORECASE), result.stdout
