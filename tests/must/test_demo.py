@@ -63,6 +63,7 @@ def _depth_chance(world_dir) -> float:
                            world["task_params"])["depth"]["delta_1.25"]
 
 
+@pytest.mark.slow
 def test_runs_then_skips_then_reruns_on_config_change(tmp_path):
   config_dir, output_dir = tmp_path / "configs", tmp_path / "out"
   _tiny_configs(config_dir)

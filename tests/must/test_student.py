@@ -298,6 +298,7 @@ print(json.dumps({"one": one, "two": two, "replicas": strategy.num_replicas_in_s
 """
 
 
+@pytest.mark.slow
 def test_mirrored_two_devices_give_the_one_device_loss(tiny_world):
   result = subprocess.run([sys.executable, "-c", MIRRORED_CHECK, str(REPO), tiny_world],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -322,6 +323,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_seeded_runs_train_the_same_weights(tiny_world, tmp_path, checkpoint_values):
   for name in ("first", "again"):
     result = subprocess.run(_train_command(tmp_path / name, tiny_world) + ["--seed=3"],
@@ -333,6 +335,7 @@ def test_seeded_runs_train_the_same_weights(tiny_world, tmp_path, checkpoint_val
     np.testing.assert_array_equal(again[name], value, err_msg=name)
 
 
+@pytest.mark.slow
 def test_multi_worker_mirrored_trains_two_local_workers(tiny_world, tmp_path):
   ports = [_free_port() for _ in range(2)]
   cluster = {"worker": [f"localhost:{port}" for port in ports]}
@@ -351,6 +354,7 @@ def test_multi_worker_mirrored_trains_two_local_workers(tiny_world, tmp_path):
   assert tf.train.latest_checkpoint(str(tmp_path / "model")).endswith("ckpt-2")
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_at_its_last_checkpoint(tiny_world, tmp_path):
   model_dir = tmp_path / "model"
   command = _train_command(model_dir, tiny_world, train_steps=400, checkpoint_interval=2)
@@ -390,6 +394,7 @@ def exported_student(tiny_world, tmp_path_factory):
   return str(root / "export")
 
 
+@pytest.mark.slow
 def test_export_serves_every_task_with_the_teacher_signature(exported_student):
   images = np.random.default_rng(0).integers(0, 255, (2, SIZE, SIZE, 3), np.uint8)
   served = {model.task: model.predict(images) for model in serving.load_all(exported_student)}
@@ -405,6 +410,7 @@ def test_export_serves_every_task_with_the_teacher_signature(exported_student):
     serving.load(exported_student, "surface_normals")
 
 
+@pytest.mark.slow
 def test_exported_backbone_loads_into_a_fresh_backbone(exported_student, tiny_world):
   params = tiny_params(tiny_world)
   fresh, _ = model_lib.build_model(params.task.model)
@@ -416,6 +422,7 @@ def test_exported_backbone_loads_into_a_fresh_backbone(exported_student, tiny_wo
   assert any(not np.array_equal(a, b) for a, b in zip(before, after))
 
 
+@pytest.mark.slow
 def test_export_from_a_checkpoint_without_the_student_fails_naming_it(exported_student, tmp_path):
   wrong = tf.train.latest_checkpoint(os.path.join(exported_student, export.BACKBONE_DIR))
   with pytest.raises(ValueError, match=f"checkpoint {wrong} does not hold the model"):
@@ -424,6 +431,7 @@ def test_export_from_a_checkpoint_without_the_student_fails_naming_it(exported_s
   assert not (tmp_path / "export").exists()  # nothing exported with random weights
 
 
+@pytest.mark.slow
 def test_exported_student_is_a_teacher_of_the_pipeline(exported_student, tiny_world, tmp_path):
   from beam_pipelines import pseudo_label  # pylint: disable=g-import-not-at-top
   teachers = {"teachers": [{"task": task, "path": exported_student, "batch_size": 4}

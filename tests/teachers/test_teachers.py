@@ -67,6 +67,7 @@ def _check_outputs(task: str, outputs: dict, n: int):
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_reload_and_serve(exported):
   task, model_dir, export_dir, metadata = exported
   assert os.path.exists(os.path.join(model_dir, "params.yaml"))
@@ -77,6 +78,7 @@ def test_export_reload_and_serve(exported):
   _check_outputs(task, loaded.signatures[export.SIGNATURE](images=_images()), 3)
 
 
+@pytest.mark.slow
 def test_model_garden_export_plugs_in_as_teacher(exported, tmp_path):
   task, model_dir, ours_dir, _ = exported
   params = export.load_params(model_dir)
@@ -115,6 +117,7 @@ def test_empty_or_missing_split_is_named(tmp_path):
     training.check_input("", "task.train_data.input_path")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--experiment=must_detection_techer"], "unknown experiment 'must_detection_techer'"),
     (["--experiment=must_detection_teacher", "--params_override=task.modle.num_classes=3"],
@@ -146,6 +149,7 @@ def test_each_teacher_registers_a_tiny_variant_the_binary_trains():
     assert configs.tiny(module.EXPERIMENT) in configs.with_tiny(teachers.experiments())
 
 
+@pytest.mark.slow
 def test_seeded_training_is_reproducible(tiny_world, tmp_path, checkpoint_values):
   # The detection teacher: its input pipeline (parallel parsing with random
   # flips and scale jitter) is the one op determinism has to rewrite.
