@@ -1,10 +1,14 @@
-"""Evaluates teacher-signature models on ground truth with each task's metric.
+"""Scores models on raw ground truth with each task's metric, offline and in training.
 
 Metrics come from the task registry (`Task.metric()`): top-1, COCO AP/AP50
-through pycocotools, mIoU, AbsRel and delta<1.25, surface-normal angles.
+through pycocotools, mIoU, AbsRel and delta<1.25, surface-normal angles. Every
+model (teacher, student, baseline, transfer) is scored by `score`: offline
+(`evaluate`, on exported models) and in Model Garden's eval loop, where the
+eval parser adds `ground_truth`, `padded_batch` batches it and `aggregate`
+feeds it to the metrics from a task's `aggregate_logs`.
 """
 import glob
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -12,6 +16,83 @@ import tensorflow as tf
 from must import schema as schema_lib
 
 Predict = Callable[[np.ndarray], Mapping[str, np.ndarray]]
+GROUND_TRUTH = "ground_truth"  # the eval labels' key of the raw decoded labels
+
+
+def score(metric, label: Mapping[str, np.ndarray], image_size, outputs: Mapping[str, np.ndarray],
+          size: Sequence[int] | None = None) -> None:
+  """Adds one image to `metric` if it is labeled: its decoded label as it is.
+
+  Args:
+    metric: the task's `Task.metric()`.
+    label: the task's part of `Schema.decode` (NumPy) for the image.
+    image_size: (height, width) of the stored image.
+    outputs: the model's outputs for the image (teacher signature, no batch axis).
+    size: (height, width) the model's dense outputs have; the label's dense
+      maps (those that cover the image pixel for pixel, as the schema stores
+      them) are nearest-resized to it when the image has another size.
+  """
+  if not label["present"]:
+    return
+  height, width = (int(v) for v in image_size)
+  if size is not None and (height, width) != tuple(size):
+    rows = (np.arange(size[0]) + 0.5) * height // size[0]
+    cols = (np.arange(size[1]) + 0.5) * width // size[1]
+    label = {key: value[rows.astype(int)][:, cols.astype(int)]
+             if np.ndim(value) >= 2 and np.shape(value)[:2] == (height, width) else value
+             for key, value in label.items()}
+    height, width = size
+  metric.update({**label, "image_size": (height, width)}, outputs)
+
+
+def ground_truth(decoded: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, Any]:
+  """In `tf.data`: the decoded labels of `tasks` as they are, for `aggregate`.
+
+  Each tensor's shape travels with it, so `padded_batch` can batch labels of
+  any size and `aggregate` cuts the padding off again.
+  """
+  labels = {task: dict(decoded[task]) for task in tasks}
+  return {"labels": labels, "shapes": tf.nest.map_structure(tf.shape, labels),
+          "image_size": tf.shape(decoded["image"])[:2]}
+
+
+def padded_batch(params) -> Callable[..., tf.data.Dataset]:
+  """A `transform_and_batch_fn` for Model Garden's input reader: batches with padding."""
+  def batch(dataset: tf.data.Dataset, input_context=None) -> tf.data.Dataset:
+    size = params.global_batch_size
+    size = input_context.get_per_replica_batch_size(size) if input_context else size
+    return dataset.padded_batch(size, drop_remainder=params.drop_remainder)
+  return batch
+
+
+def _replicas(tree) -> list:
+  """Eval outputs (values: a tuple with one entry per local replica, as Model
+  Garden's eval loop hands them over, or a plain tensor) -> one tree per replica."""
+  if not isinstance(tree, Mapping):
+    return [np.asarray(v) for v in (tree if isinstance(tree, (tuple, list)) else [tree])]
+  parts = {key: _replicas(value) for key, value in tree.items()}
+  return [{key: part[r] for key, part in parts.items()}
+          for r in range(len(next(iter(parts.values()))))]
+
+
+def aggregate(metrics: Mapping[str, Any], truth: Mapping[str, Any],
+              served: Mapping[str, Mapping[str, Any]], size: Sequence[int]) -> None:
+  """Scores one eval step: `ground_truth` batches against the served outputs.
+
+  Args:
+    metrics: task name -> its `Task.metric()`, updated in place.
+    truth: the eval step's batched `ground_truth`.
+    served: task name -> the teacher signature's outputs for the batch.
+    size: (height, width) of the dense outputs.
+  """
+  for replica_truth, replica_served in zip(_replicas(truth), _replicas(served)):
+    for i, image_size in enumerate(replica_truth["image_size"]):
+      for task, metric in metrics.items():
+        shapes = replica_truth["shapes"][task]
+        label = {key: value[(i, *(slice(0, n) for n in shapes[key][i]))]
+                 for key, value in replica_truth["labels"][task].items()}
+        score(metric, label, image_size, {k: v[i] for k, v in replica_served[task].items()},
+              size)
 
 
 def _examples(pattern: str, schema: schema_lib.Schema) -> Iterator[dict]:
@@ -44,9 +125,8 @@ def evaluate(predictors: Mapping[str, Predict], pattern: str, task_params: Mappi
     for task, predict in predictors.items():
       outputs = predict(images)
       for i, example in enumerate(batch):
-        if example[task]["present"]:
-          label = {**example[task], "image_size": example["image"].shape[:2]}
-          metrics[task].update(label, {key: value[i] for key, value in outputs.items()})
+        score(metrics[task], example[task], example["image"].shape[:2],
+              {key: value[i] for key, value in outputs.items()})
     batch.clear()
 
   for example in _examples(pattern, schema):

@@ -16,8 +16,9 @@ Training uses the scale-and-shift-invariant loss of MiDaS (Ranftl et al.,
 least-squares scale and shift that align the prediction to the target inverse
 depth are solved in closed form, and the mean squared error of the aligned
 prediction is the loss (plus an optional multi-scale gradient matching term).
-Evaluation aligns the same way, converts to depth and reports AbsRel and
-delta < 1.25 over every valid pixel of the eval set.
+Evaluation scores the raw decoded eval labels with the depth task's metric
+(`must.tasks.depth.DepthMetrics`, through `must.evaluate`): the numbers
+`teachers.evaluate` and the report give the same checkpoint.
 
 Targets come from records in the MuST schema (`must.schema`): metric depth
 (`kind == b"metric"`, the world's ground truth) becomes inverse depth 1/d;
@@ -35,8 +36,8 @@ import tensorflow as tf
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
 import tf_keras
 from must import configs
+from must import evaluate
 from must import schema as schema_lib
-from must import training
 from must.tasks import depth as depth_task
 from must.tasks import heads
 from official.common import dataset_fn as dataset_fn_lib
@@ -56,13 +57,13 @@ from official.vision.modeling.backbones import factory as backbone_factory
 from official.vision.modeling.decoders import factory as decoder_factory
 from official.vision.modeling.heads import segmentation_heads
 from official.vision.ops import preprocess_ops
+from official.vision.tasks import semantic_segmentation
+from teachers import common as teachers_common
 
 TASK = "depth"
 EXPERIMENT = "must_depth_teacher"
 
 METRIC_KIND = b"metric"
-# Per-batch sums that validation_step returns and aggregate_logs accumulates.
-_SUM_KEYS = ("abs_rel_sum", "delta_1.25_sum", "num_pixels")
 
 
 # -- Configs -------------------------------------------------------------------
@@ -143,17 +144,6 @@ class DepthLosses(hyperparams.Config):
 
 
 @dataclasses.dataclass
-class DepthEvaluation(hyperparams.Config):
-  """Evaluation settings.
-
-  Attributes:
-    max_depth: predicted depth is capped here (after alignment); 0 caps each
-      image at its own largest ground-truth depth.
-  """
-  max_depth: float = 0.0
-
-
-@dataclasses.dataclass
 class DepthTaskConfig(cfg.TaskConfig):
   """The depth task."""
   model: DepthModel = dataclasses.field(default_factory=DepthModel)
@@ -162,62 +152,8 @@ class DepthTaskConfig(cfg.TaskConfig):
   validation_data: DepthDataConfig = dataclasses.field(
       default_factory=lambda: DepthDataConfig(is_training=False, aug_rand_hflip=False))
   losses: DepthLosses = dataclasses.field(default_factory=DepthLosses)
-  evaluation: DepthEvaluation = dataclasses.field(default_factory=DepthEvaluation)
   init_checkpoint: Optional[str] = None
   init_checkpoint_modules: Union[str, List[str]] = "all"  # all, backbone and/or decoder
-
-
-# -- Alignment, loss, metrics (plain functions, reusable for evaluation) ---------
-
-# The loss lives with the depth task (the student trains with it too).
-align_scale_shift = depth_task.align_scale_shift_batch
-scale_shift_invariant_loss = depth_task.scale_shift_invariant_loss
-
-
-def depth_metrics(pred_inverse: tf.Tensor, target_depth: tf.Tensor, valid: tf.Tensor,
-                  max_depth: float = 0.0) -> dict[str, tf.Tensor]:
-  """AbsRel and delta < 1.25 of a relative inverse depth prediction.
-
-  Per image, the prediction is aligned to the target inverse depth 1/d by
-  least squares over the valid pixels, clipped below at 1/max_depth and
-  inverted to depth. Pixels with non-positive or non-finite target depth are
-  not valid.
-
-  Args:
-    pred_inverse: float [B, H, W] predicted relative inverse depth.
-    target_depth: float [B, H, W] metric ground-truth depth.
-    valid: bool [B, H, W].
-    max_depth: cap of the predicted depth; 0 caps each image at its own largest
-      valid ground-truth depth.
-
-  Returns:
-    Sums over the batch, to accumulate over a data set: 'abs_rel_sum' (of
-    |d_pred - d_gt| / d_gt), 'delta_1.25_sum' (pixels with
-    max(d_pred / d_gt, d_gt / d_pred) < 1.25), 'num_pixels'; and this batch's
-    'abs_rel' and 'delta_1.25' (sum / num_pixels, 0 without valid pixels).
-  """
-  target_depth = tf.convert_to_tensor(target_depth, tf.float32)
-  valid = (tf.convert_to_tensor(valid, tf.bool) & tf.math.is_finite(target_depth)
-           & (target_depth > 0))
-  safe_depth = tf.where(valid, target_depth, 1.0)
-  aligned, _, _ = align_scale_shift(pred_inverse, 1.0 / safe_depth, valid)
-  if max_depth > 0:
-    min_inverse = tf.constant(1.0 / max_depth, tf.float32)
-  else:
-    farthest = tf.reduce_max(tf.where(valid, target_depth, 0.0), axis=[-2, -1], keepdims=True)
-    min_inverse = 1.0 / tf.maximum(farthest, 1e-6)
-  pred_depth = 1.0 / tf.maximum(aligned, min_inverse)
-  mask = tf.cast(valid, tf.float32)
-  abs_rel = tf.abs(pred_depth - safe_depth) / safe_depth
-  ratio = tf.maximum(pred_depth / safe_depth, safe_depth / pred_depth)
-  sums = {
-      "abs_rel_sum": tf.reduce_sum(abs_rel * mask),
-      "delta_1.25_sum": tf.reduce_sum(tf.cast(ratio < 1.25, tf.float32) * mask),
-      "num_pixels": tf.reduce_sum(mask),
-  }
-  sums["abs_rel"] = tf.math.divide_no_nan(sums["abs_rel_sum"], sums["num_pixels"])
-  sums["delta_1.25"] = tf.math.divide_no_nan(sums["delta_1.25_sum"], sums["num_pixels"])
-  return sums
 
 
 # -- Model ---------------------------------------------------------------------
@@ -315,7 +251,9 @@ class Parser(parser_lib.Parser):
     return self._labels(image, dense, metric)
 
   def _parse_eval_data(self, decoded_tensors):
-    return self._labels(*self._prepare(decoded_tensors))
+    image, labels = self._labels(*self._prepare(decoded_tensors))
+    return image, {**labels, evaluate.GROUND_TRUTH: evaluate.ground_truth(decoded_tensors,
+                                                                          [TASK])}
 
 
 # -- Task ------------------------------------------------------------------------
@@ -344,40 +282,31 @@ class DepthTask(base_task.Task):
     _ = model(tf_keras.Input(model_config.input_size), training=False)
     return model
 
-  def initialize(self, model: tf_keras.Model):
-    """Loads `init_checkpoint` into all of the model or the named modules."""
-    if not self.task_config.init_checkpoint:
-      return
-    ckpt_dir_or_file = self.task_config.init_checkpoint
-    if tf.io.gfile.isdir(ckpt_dir_or_file):
-      ckpt_dir_or_file = tf.train.latest_checkpoint(ckpt_dir_or_file)
-    modules = self.task_config.init_checkpoint_modules
-    modules = [modules] if isinstance(modules, str) else list(modules)
-    if "all" in modules:
-      items = dict(model.checkpoint_items)
-    else:
-      items = {name: getattr(model, name) for name in ("backbone", "decoder")
-               if name in modules}
-    status = tf.train.Checkpoint(**items).read(ckpt_dir_or_file)
-    status.expect_partial().assert_existing_objects_matched()
+  # Model Garden's segmentation restore: all of the model, or its backbone and/or decoder.
+  initialize = semantic_segmentation.SemanticSegmentationTask.initialize
 
   def build_inputs(self, params: DepthDataConfig,
                    input_context: Optional[tf.distribute.InputContext] = None
                    ) -> tf.data.Dataset:
-    """Batches of (images [B, H, W, 3], {'depth', 'valid', 'metric'})."""
+    """Batches of (images [B, H, W, 3], {'depth', 'valid', 'metric'}, eval: and `ground_truth`)."""
+    decoder = schema_lib.Schema({TASK: {}})
+    parser = Parser(self._output_size(params), aug_rand_hflip=params.aug_rand_hflip,
+                    dtype=params.dtype)
+    reader = input_reader_factory.input_reader_generator(
+        params,
+        dataset_fn=dataset_fn_lib.pick_dataset_fn(params.file_type),
+        decoder_fn=decoder.decode,
+        parser_fn=parser.parse_fn(params.is_training),
+        transform_and_batch_fn=None if params.is_training else evaluate.padded_batch(params))
+    return reader.read(input_context=input_context)
+
+  def _output_size(self, params: DepthDataConfig) -> list[int]:
     output_size = list(params.output_size) or list(self.task_config.model.input_size[:2])
     if len(output_size) != 2 or not all(output_size):
       raise ValueError("set the data's output_size or a fixed model.input_size; "
                        f"got output_size={params.output_size}, "
                        f"input_size={self.task_config.model.input_size}")
-    decoder = schema_lib.Schema({TASK: {}})
-    parser = Parser(output_size, aug_rand_hflip=params.aug_rand_hflip, dtype=params.dtype)
-    reader = input_reader_factory.input_reader_generator(
-        params,
-        dataset_fn=dataset_fn_lib.pick_dataset_fn(params.file_type),
-        decoder_fn=decoder.decode,
-        parser_fn=parser.parse_fn(params.is_training))
-    return reader.read(input_context=input_context)
+    return output_size
 
   def build_losses(self, labels: Mapping[str, tf.Tensor], model_outputs: Any,
                    aux_losses: Optional[Any] = None) -> tf.Tensor:
@@ -396,7 +325,7 @@ class DepthTask(base_task.Task):
     pred = model_outputs
     if isinstance(model_outputs, Mapping) or model_outputs.shape.rank == 4:
       pred = outputs_to_inverse_depth(model_outputs, tf.shape(labels["depth"])[1:3])
-    total = scale_shift_invariant_loss(
+    total = depth_task.scale_shift_invariant_loss(
         pred, labels["depth"], labels["valid"],
         gradient_matching_weight=losses.gradient_matching_weight,
         gradient_matching_scales=losses.gradient_matching_scales,
@@ -405,63 +334,34 @@ class DepthTask(base_task.Task):
       total += tf.add_n(aux_losses)
     return losses.loss_weight * total
 
-  def build_metrics(self, training: bool = True):
-    # AbsRel / delta are accumulated as sums in aggregate_logs, not as Keras metrics.
-    return []
-
-  def train_step(self, inputs, model: tf_keras.Model, optimizer, metrics=None):
-    """One optimizer step; returns {'loss': per-replica loss}."""
-    features, labels = inputs
-    loss = training.train_step(
-        model, optimizer, features,
-        lambda outputs: self.build_losses(labels, outputs, aux_losses=model.losses))
-    return {self.loss: loss}
-
   def validation_step(self, inputs, model: tf_keras.Model, metrics=None):
-    """Loss and the batch's metric sums (metric-depth records only)."""
+    """The loss, plus the served depth and the ground truth for `aggregate_logs`."""
     features, labels = inputs
-    outputs = self.inference_step(features, model)
-    pred = outputs_to_inverse_depth(outputs, tf.shape(labels["depth"])[1:3])
-    loss = self.build_losses(labels, pred, aux_losses=model.losses)
-    valid = labels["valid"] & labels["metric"][:, None, None]
-    target_depth = tf.math.divide_no_nan(1.0, labels["depth"])
-    sums = depth_metrics(pred, target_depth, valid,
-                         max_depth=self.task_config.evaluation.max_depth)
-    logs = {self.loss: loss}
-    logs.update({key: sums[key] for key in _SUM_KEYS})
-    return logs
-
-  def inference_step(self, inputs, model: tf_keras.Model):
-    return model(inputs, training=False)
+    pred = outputs_to_inverse_depth(self.inference_step(features, model),
+                                    tf.shape(labels["depth"])[1:3])
+    return {self.loss: self.build_losses(labels, pred, aux_losses=model.losses),
+            "served": {TASK: {"depth": pred}},
+            evaluate.GROUND_TRUTH: labels[evaluate.GROUND_TRUTH]}
 
   def aggregate_logs(self, state=None, step_outputs=None):
-    """Accumulates the metric sums over the whole eval set (float64)."""
+    """Scores every labeled eval image with the depth task's metric, on raw labels."""
     if state is None:
-      state = {key: 0.0 for key in _SUM_KEYS}
-    for key in _SUM_KEYS:
-      # One value per local replica.
-      state[key] += float(sum(np.sum(np.asarray(v, np.float64))
-                              for v in tf.nest.flatten(step_outputs[key])))
+      state = {TASK: depth_task.Depth().metric()}
+    evaluate.aggregate(state, step_outputs[evaluate.GROUND_TRUTH], step_outputs["served"],
+                       self._output_size(self.task_config.validation_data))
     return state
 
   def reduce_aggregated_logs(self, aggregated_logs, global_step=None):
-    """{'abs_rel', 'delta_1.25'} over every valid metric-depth pixel seen."""
-    pixels = aggregated_logs["num_pixels"]
-    if not pixels:
-      return {"abs_rel": np.float32(np.nan), "delta_1.25": np.float32(np.nan)}
-    return {"abs_rel": np.float32(aggregated_logs["abs_rel_sum"] / pixels),
-            "delta_1.25": np.float32(aggregated_logs["delta_1.25_sum"] / pixels)}
+    """{'abs_rel', 'delta_1.25'} over every valid pixel of the eval set."""
+    return {name: np.float32(value) for name, value in aggregated_logs[TASK].result().items()}
 
 
 # -- Experiments -----------------------------------------------------------------
 
-WORLD_IMAGE_SIZE = 96      # the procedural world's images
-WORLD_TRAIN_EXAMPLES = 2000
-
 
 @exp_factory.register_config_factory(EXPERIMENT)
 def must_depth_teacher() -> cfg.ExperimentConfig:
-  """The CPU-sized depth teacher on the procedural world (96 x 96 images).
+  """The CPU-sized depth teacher on the procedural world (its default image size).
 
   ResNet-18 at a quarter of its width, a 64-filter FPN on levels 2..5 and a
   level-2 head on the summed pyramid; input paths are left empty (set them in
@@ -469,13 +369,13 @@ def must_depth_teacher() -> cfg.ExperimentConfig:
   1.6-3 steps/s; its 800 steps (13 epochs of the 2000-image depth split) reach
   delta < 1.25 = 0.89 and AbsRel = 0.10 on the world's eval split.
   """
-  size = WORLD_IMAGE_SIZE
+  height, width = teachers_common.world_image_size()
   batch_size = 32
   train_steps = 800
   return cfg.ExperimentConfig(
       task=DepthTaskConfig(
           model=DepthModel(
-              input_size=[size, size, 3],
+              input_size=[height, width, 3],
               min_level=2,
               max_level=5,
               backbone=backbones.Backbone(
@@ -488,9 +388,9 @@ def must_depth_teacher() -> cfg.ExperimentConfig:
               norm_activation=common.NormActivation(use_sync_bn=False)),
           losses=DepthLosses(l2_weight_decay=1e-5, gradient_matching_weight=0.5),
           train_data=DepthDataConfig(is_training=True, global_batch_size=batch_size,
-                                     output_size=[size, size], aug_rand_hflip=True),
+                                     output_size=[height, width], aug_rand_hflip=True),
           validation_data=DepthDataConfig(is_training=False, global_batch_size=batch_size,
-                                          output_size=[size, size], aug_rand_hflip=False,
+                                          output_size=[height, width], aug_rand_hflip=False,
                                           drop_remainder=False)),
       trainer=cfg.TrainerConfig(
           train_steps=train_steps,
@@ -513,6 +413,9 @@ def must_depth_teacher() -> cfg.ExperimentConfig:
           "task.train_data.is_training != None",
           "task.validation_data.is_training != None",
       ])
+
+
+TINY_EXPERIMENT = configs.register_tiny(EXPERIMENT)
 
 
 # -- Export hook -----------------------------------------------------------------

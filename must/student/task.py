@@ -12,6 +12,7 @@
             example without a label for a task adds nothing to that task
   metrics   the task registry's metric (top-1, COCO AP, mIoU, AbsRel and
             delta<1.25, ...) over the whole eval set, on the served outputs
+            and the raw decoded labels (`must.evaluate`, as for the teachers)
 A NaN or Inf loss stops training with a message naming the task.
 """
 from typing import Any, Mapping, Optional
@@ -21,6 +22,7 @@ import tensorflow as tf
 
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
 import tf_keras
+from must import evaluate
 from must import schema as schema_lib
 from must import serving
 from must import training
@@ -57,22 +59,13 @@ class Parser(parser_lib.Parser):
     return self._parse(decoded_tensors, flip)
 
   def _parse_eval_data(self, decoded_tensors):
-    return self._parse(decoded_tensors, tf.constant(False))
+    image, labels = self._parse(decoded_tensors, tf.constant(False))
+    return image, {**labels, evaluate.GROUND_TRUTH: evaluate.ground_truth(decoded_tensors,
+                                                                          self._heads)}
 
 
 def _float32(tree):
   return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), tree)
-
-
-def _per_replica(outputs: Mapping[str, Any]) -> list[dict]:
-  """{key: value or per-replica tuple of values} -> one {key: value} per replica.
-
-  Model Garden's eval loop hands `aggregate_logs` each value as a tuple with
-  one entry per local replica; called directly, values are plain tensors.
-  """
-  values = {key: list(v) if isinstance(v, (tuple, list)) else [v] for key, v in outputs.items()}
-  replicas = len(next(iter(values.values())))
-  return [{key: np.asarray(v[r]) for key, v in values.items()} for r in range(replicas)]
 
 
 @task_factory.register_task_cls(student_config.StudentTaskConfig)
@@ -133,14 +126,15 @@ class StudentTask(base_task.Task):
   def build_inputs(self, params: student_config.StudentDataConfig,
                    input_context: Optional[tf.distribute.InputContext] = None
                    ) -> tf.data.Dataset:
-    """Batches of (images [B, H, W, 3], {task: targets})."""
+    """Batches of (images [B, H, W, 3], {task: targets}, eval: and `ground_truth`)."""
     parser = Parser(self.heads, self.input_size, aug_rand_hflip=params.aug_rand_hflip,
                     dtype=params.dtype)
     reader = input_reader_factory.input_reader_generator(
         params,
         dataset_fn=dataset_fn_lib.pick_dataset_fn(params.file_type),
         decoder_fn=self.schema.decode,
-        parser_fn=parser.parse_fn(params.is_training))
+        parser_fn=parser.parse_fn(params.is_training),
+        transform_and_batch_fn=None if params.is_training else evaluate.padded_batch(params))
     return reader.read(input_context=input_context)
 
   def task_losses(self, labels: Mapping[str, Any], outputs: Mapping[str, Any]
@@ -203,30 +197,24 @@ class StudentTask(base_task.Task):
             for task, output in outputs.items()}
 
   def validation_step(self, inputs, model: tf_keras.Model, metrics=None):
-    """Loss, plus each task's served outputs and labels for `aggregate_logs`."""
+    """Loss, plus each task's served outputs and the ground truth for `aggregate_logs`."""
     images, labels = inputs
     outputs = model(images, training=False)
     total = self.build_losses(labels, outputs, model.losses, metrics)
     served = {task: head.serve(outputs[task], self.input_size)
               for task, head in self.heads.items()}
-    # Per-image labels only (not the per-anchor targets) travel to aggregate_logs.
-    plain = {task: {key: value for key, value in labels[task].items()
-                    if not isinstance(value, Mapping)} for task in self.heads}
-    return {self.loss: total, "served": served, "labels": plain}
+    return {self.loss: total, "served": served,
+            evaluate.GROUND_TRUTH: labels[evaluate.GROUND_TRUTH]}
 
   def inference_step(self, inputs, model: tf_keras.Model):
     return model(inputs, training=False)
 
   def aggregate_logs(self, state=None, step_outputs=None):
-    """Feeds every labeled eval image to its task's registry metric."""
+    """Scores every labeled eval image with its task's registry metric, on raw labels."""
     if state is None:
       state = {task: self.schema.tasks[task].metric() for task in self.heads}
-    for task, head in self.heads.items():
-      for outputs, labels in zip(_per_replica(step_outputs["served"][task]),
-                                 _per_replica(step_outputs["labels"][task])):
-        for i in np.flatnonzero(labels["present"]):
-          label = head.metric_label({k: v[i] for k, v in labels.items()}, self.input_size)
-          state[task].update(label, {k: v[i] for k, v in outputs.items()})
+    evaluate.aggregate(state, step_outputs[evaluate.GROUND_TRUTH], step_outputs["served"],
+                       self.input_size)
     return state
 
   def reduce_aggregated_logs(self, aggregated_logs, global_step=None):

@@ -1,10 +1,11 @@
 """Task metrics and the evaluation loop: perfect predictions score perfectly."""
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from must import evaluate
 from must import schema as schema_lib
-from must.tasks import depth, detection, segmentation
+from must.tasks import detection, segmentation
 from must.world import writer
 
 
@@ -64,17 +65,6 @@ def test_perfect_predictions_score_perfectly_and_wrong_ones_do_not(task, tiny_wo
   assert wrong[key] < best - 0.1
 
 
-def test_depth_alignment_recovers_scale_and_shift():
-  rng = np.random.default_rng(0)
-  target = rng.uniform(0.1, 2.0, (8, 8)).astype(np.float32)
-  valid = np.ones_like(target, bool)
-  valid[0] = False
-  prediction = (target - 0.3) / 2.5
-  prediction[0] = 99.0  # invalid pixels must not pull the fit
-  aligned = depth.align_scale_shift(prediction, target, valid)
-  np.testing.assert_allclose(aligned[valid], target[valid], rtol=1e-4)
-
-
 def test_segmentation_ignores_ignored_pixels():
   metric = segmentation.MeanIoU(3)
   mask = np.array([[1, 2], [255, 255]], np.uint8)
@@ -97,3 +87,56 @@ def test_table_has_a_row_per_model_and_a_column_per_metric():
   lines = text.splitlines()
   assert lines[0] == "| | AP | top1 |" and len(lines) == 4
   assert "| b | 0.25 | 1 |" in lines
+
+
+def _student_eval(tmp_path, examples, input_size: int, **detection_head) -> dict:
+  """The student's eval loop (parser, ground truth, aggregate_logs) on `examples`,
+  each task served perfectly (from the examples' own labels)."""
+  import must.student  # noqa: F401  pylint: disable=g-import-not-at-top
+  from must.student import task as task_lib  # pylint: disable=g-import-not-at-top
+  from official.core import exp_factory  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "eval.tfrecord")
+  with tf.io.TFRecordWriter(path) as records:
+    for example in examples:
+      records.write(example.SerializeToString())
+  params = exp_factory.get_exp_config("must_student")
+  params.override({"task": {
+      "model": {"input_size": [input_size, input_size, 3],
+                "heads": [{"task": "detection", "num_classes": 11, **detection_head},
+                          {"task": "segmentation", "num_classes": 11}]},
+      "validation_data": {"input_path": path, "global_batch_size": 2}}}, is_strict=True)
+  task = task_lib.StudentTask(params.task)
+  state = None
+  for _, labels in task.build_inputs(params.task.validation_data):
+    truth = labels[evaluate.GROUND_TRUTH]["labels"]
+    boxes, classes = truth["detection"]["boxes"], truth["detection"]["classes"]
+    mask = tf.image.resize(truth["segmentation"]["mask"][..., None], [input_size] * 2,
+                           method="nearest")[..., 0]
+    served = {"detection": {"boxes": boxes, "classes": classes,
+                            "scores": tf.ones(tf.shape(classes)),
+                            "num_detections": tf.reduce_sum(tf.cast(classes > 0, tf.int32), 1)},
+              "segmentation": {"probs": tf.one_hot(tf.cast(mask, tf.int32), 11)}}
+    state = task.aggregate_logs(state, {"served": served,
+                                        evaluate.GROUND_TRUTH: labels[evaluate.GROUND_TRUTH]})
+  return task.reduce_aggregated_logs(state)
+
+
+def test_students_score_every_raw_ground_truth_box_and_pixel(tmp_path):
+  schema = schema_lib.Schema(writer.task_params())
+  rng = np.random.default_rng(0)
+  examples = []
+  for count in (5, 1, 3):  # a batch of 5 and 1 boxes: padded to 5, cut back to each
+    corners = rng.uniform(0.0, 0.5, (count, 2)).astype(np.float32)
+    boxes = np.concatenate([corners, corners + 0.4], axis=1)
+    # 2x2 blocks: a nearest resize to half the size keeps every class.
+    mask = np.kron(rng.integers(0, 11, (32, 32)), np.ones((2, 2))).astype(np.uint8)
+    examples.append(schema.encode(
+        np.zeros((64, 64, 3), np.uint8),
+        {"detection": detection.DetectionLabel(
+            boxes, rng.integers(1, 11, count), scores=np.linspace(1.0, 0.1, count)),
+         "segmentation": segmentation.SegmentationLabel(mask)}, image_format="png"))
+  # Training targets keep 2 boxes of score >= 0.5 per image; the metric sees them all.
+  metrics = _student_eval(tmp_path, examples, input_size=32, max_boxes=2, min_score=0.5)
+  assert metrics["detection/AP"] == pytest.approx(1.0)
+  assert metrics["detection/images"] == 3
+  assert metrics["segmentation/miou"] == pytest.approx(1.0)

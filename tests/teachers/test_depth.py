@@ -1,7 +1,10 @@
 """The depth teacher: alignment, loss, metrics, input, training, export hook."""
 import glob
+import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,13 +14,16 @@ import yaml
 
 from must import configs
 from must import schema as schema_lib
+from must.tasks import depth as depth_task
 from must.tasks.depth import DepthLabel
 from must.world import writer
 from official.core import exp_factory
 from official.core import task_factory
 from official.core import train_lib
+from official.core import train_utils
 from official.modeling import hyperparams
 from teachers import depth
+from teachers import export
 
 ROOT = pathlib.Path(__file__).parents[2]
 TINY = str(ROOT / "configs/world/tiny.yaml")
@@ -60,7 +66,7 @@ def _numpy_align(pred, target, valid):
   return scale * pred + shift
 
 
-# -- Alignment and metrics ------------------------------------------------------
+# -- Alignment and metric -------------------------------------------------------
 
 
 def test_align_recovers_an_affine_prediction_and_ignores_invalid_pixels():
@@ -72,7 +78,7 @@ def test_align_recovers_an_affine_prediction_and_ignores_invalid_pixels():
   pred = (a[:, None, None] * target + b[:, None, None]).astype(np.float32)
   pred[~valid] = rng.normal(0, 100, (~valid).sum())
   target_with_holes = np.where(valid, target, np.nan).astype(np.float32)
-  aligned, scale, shift = depth.align_scale_shift(pred, target_with_holes, valid)
+  aligned, scale, shift = depth_task.align_scale_shift_batch(pred, target_with_holes, valid)
   np.testing.assert_allclose(scale, 1 / a, rtol=1e-4)
   np.testing.assert_allclose(shift, -b / a, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(aligned.numpy()[valid], target[valid], atol=1e-4)
@@ -83,7 +89,7 @@ def test_align_matches_numpy_least_squares():
   pred = rng.normal(size=(3, 9, 9)).astype(np.float32)
   target = rng.normal(size=(3, 9, 9)).astype(np.float32)
   valid = rng.random((3, 9, 9)) < 0.5
-  aligned, _, _ = depth.align_scale_shift(pred, target, valid)
+  aligned, _, _ = depth_task.align_scale_shift_batch(pred, target, valid)
   for i in range(3):
     np.testing.assert_allclose(aligned[i].numpy()[valid[i]],
                                _numpy_align(pred[i], target[i], valid[i])[valid[i]],
@@ -94,51 +100,49 @@ def test_align_of_constant_or_empty_images_is_finite():
   pred = np.ones((2, 4, 4), np.float32)
   target = np.arange(32, dtype=np.float32).reshape(2, 4, 4)
   valid = np.stack([np.ones((4, 4), bool), np.zeros((4, 4), bool)])
-  aligned, scale, shift = depth.align_scale_shift(pred, target, valid)
+  aligned, scale, shift = depth_task.align_scale_shift_batch(pred, target, valid)
   np.testing.assert_allclose(scale, [0, 0])
   np.testing.assert_allclose(shift, [target[0].mean(), 0])
   assert np.isfinite(aligned.numpy()).all()
 
 
-def test_metrics_of_a_prediction_correct_up_to_scale_and_shift():
+def _depth_metric(pred_inverse, depth_gt, valid) -> dict:
+  metric = depth_task.Depth().metric()
+  for pred, truth, ok in zip(pred_inverse, depth_gt, valid):
+    metric.update({"depth": truth, "valid": ok, "kind": b"metric"}, {"depth": pred})
+  return metric.result()
+
+
+def test_metric_of_a_prediction_correct_up_to_scale_and_shift():
   rng = np.random.default_rng(2)
   depth_gt = rng.uniform(1.0, 30.0, (2, 16, 16)).astype(np.float32)
   valid = rng.random((2, 16, 16)) < 0.8
-  pred_inverse = 3.0 / depth_gt + 0.5
-  metrics = depth.depth_metrics(pred_inverse, depth_gt, valid)
+  metrics = _depth_metric(3.0 / depth_gt + 0.5, depth_gt, valid)
   assert metrics["abs_rel"] < 1e-4
   assert metrics["delta_1.25"] == 1.0
-  assert metrics["num_pixels"] == valid.sum()
-  assert metrics["abs_rel_sum"] < 1e-4 * valid.sum()
 
 
-def test_metrics_match_a_numpy_reference_for_a_wrong_prediction():
+def test_metric_matches_a_numpy_reference_for_a_wrong_prediction():
   rng = np.random.default_rng(3)
   depth_gt = rng.uniform(1.0, 10.0, (2, 8, 8)).astype(np.float32)
   valid = np.ones((2, 8, 8), bool)
   valid[1, :3] = False
-  pred_inverse = (1.0 / depth_gt + rng.normal(0, 0.08, depth_gt.shape)).astype(np.float32)
-  metrics = depth.depth_metrics(pred_inverse, depth_gt, valid, max_depth=20.0)
+  depth_gt[1, :3] = np.nan  # pixels outside `valid` never count
+  pred_inverse = (1.0 / depth_gt + rng.normal(0, 0.3, depth_gt.shape)).astype(np.float32)
+  metrics = _depth_metric(pred_inverse, depth_gt, valid)
   abs_rel, delta = [], []
   for i in range(2):
-    aligned = np.maximum(_numpy_align(pred_inverse[i], 1 / depth_gt[i], valid[i]), 1 / 20.0)
-    d = 1 / aligned[valid[i]]
     gt = depth_gt[i][valid[i]]
+    # Aligned predictions are capped at 10x the image's farthest depth.
+    aligned = np.maximum(_numpy_align(pred_inverse[i], 1 / depth_gt[i], valid[i])[valid[i]],
+                         0.1 / gt.max())
+    d = 1 / aligned
     abs_rel.append(np.abs(d - gt) / gt)
     delta.append(np.maximum(d / gt, gt / d) < 1.25)
   abs_rel, delta = np.concatenate(abs_rel), np.concatenate(delta)
   assert 0.05 < abs_rel.mean() and delta.mean() < 0.95  # really wrong
   np.testing.assert_allclose(metrics["abs_rel"], abs_rel.mean(), rtol=1e-3)
   np.testing.assert_allclose(metrics["delta_1.25"], delta.mean(), atol=1.5 / delta.size)
-
-
-def test_metrics_skip_pixels_without_depth():
-  depth_gt = np.full((1, 4, 4), 2.0, np.float32)
-  depth_gt[0, 0] = [0.0, np.inf, np.nan, -1.0]  # not valid, whatever the mask says
-  metrics = depth.depth_metrics(np.ones((1, 4, 4), np.float32), depth_gt,
-                                np.ones((1, 4, 4), bool))
-  assert metrics["num_pixels"] == 12
-  assert np.isfinite(metrics["abs_rel"])
 
 
 # -- Loss -----------------------------------------------------------------------
@@ -149,12 +153,12 @@ def test_loss_is_zero_for_a_scaled_and_shifted_target_and_positive_otherwise():
   target = rng.uniform(0.05, 0.5, (2, 16, 16)).astype(np.float32)
   valid = rng.random((2, 16, 16)) < 0.9
   aligned_pred = -7.0 * target + 3.0
-  assert depth.scale_shift_invariant_loss(aligned_pred, target, valid) < 1e-6
+  assert depth_task.scale_shift_invariant_loss(aligned_pred, target, valid) < 1e-6
   noisy = aligned_pred + rng.normal(0, 0.5, target.shape).astype(np.float32)
-  assert depth.scale_shift_invariant_loss(noisy, target, valid) > 0.01
-  with_gradients = depth.scale_shift_invariant_loss(noisy, target, valid,
+  assert depth_task.scale_shift_invariant_loss(noisy, target, valid) > 0.01
+  with_gradients = depth_task.scale_shift_invariant_loss(noisy, target, valid,
                                                     gradient_matching_weight=0.5)
-  assert with_gradients > depth.scale_shift_invariant_loss(noisy, target, valid)
+  assert with_gradients > depth_task.scale_shift_invariant_loss(noisy, target, valid)
 
 
 def test_images_without_valid_pixels_contribute_zero_loss_and_finite_gradients():
@@ -163,9 +167,9 @@ def test_images_without_valid_pixels_contribute_zero_loss_and_finite_gradients()
   target = rng.uniform(0.1, 1.0, (2, 8, 8)).astype(np.float32)
   valid = np.stack([np.ones((8, 8), bool), np.zeros((8, 8), bool)])
   with tf.GradientTape() as tape:
-    both = depth.scale_shift_invariant_loss(pred, target, valid)
-  first_only = depth.scale_shift_invariant_loss(pred[:1], target[:1], valid[:1])
-  none = depth.scale_shift_invariant_loss(pred[1:], target[1:], valid[1:])
+    both = depth_task.scale_shift_invariant_loss(pred, target, valid)
+  first_only = depth_task.scale_shift_invariant_loss(pred[:1], target[:1], valid[:1])
+  none = depth_task.scale_shift_invariant_loss(pred[1:], target[1:], valid[1:])
   assert first_only > 0
   assert none == 0
   np.testing.assert_allclose(both, first_only / 2, rtol=1e-5)
@@ -258,6 +262,30 @@ def test_a_few_training_steps_checkpoint_evaluate_and_serve(world, tmp_path):
   expected = depth.outputs_to_inverse_depth(
       model(depth.normalize_images(images), training=False), [32, 32])
   np.testing.assert_allclose(outputs["depth"], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_in_training_delta_equals_teachers_evaluate_on_the_same_checkpoint(world, tmp_path):
+  # At the world's size: teachers.evaluate feeds the stored images to the export.
+  config = _tiny_config(world, size=64)
+  config.override({"task": {"validation_data": {"drop_remainder": False}},
+                   "trainer": {"validation_steps": -1}})
+  model_dir = str(tmp_path / "model")
+  train_utils.serialize_config(config, model_dir)
+  _, logs = train_lib.run_experiment(
+      distribution_strategy=tf.distribute.get_strategy(), mode="train_and_eval",
+      task=task_factory.get_task(config.task, logging_dir=model_dir), params=config,
+      model_dir=model_dir, run_post_eval=True)
+  export_dir = str(tmp_path / "export")
+  export.export_teacher(model_dir, export_dir)
+  subprocess.run([sys.executable, "-m", "teachers.evaluate", f"--world_dir={world}",
+                  f"--teacher_dirs={export_dir}"], cwd=ROOT, check=True, timeout=300,
+                 capture_output=True)
+  with open(os.path.join(export_dir, "eval_metrics.json")) as f:
+    offline = json.load(f)["metrics"]["depth"]
+  assert 0 < offline["delta_1.25"] < 1  # a score the old capping would have changed
+  assert logs["delta_1.25"] == pytest.approx(offline["delta_1.25"], abs=1e-6)
+  assert logs["abs_rel"] == pytest.approx(offline["abs_rel"], rel=1e-5)
 
 
 def test_experiment_is_registered_and_sized_for_the_world():
