@@ -46,6 +46,7 @@ def classification_teacher(tiny_world, tmp_path_factory) -> str:
   return export_dir
 
 
+@pytest.mark.slow
 def test_pipeline_over_a_corpus_with_bad_files(classification_teacher, tiny_world, tmp_path):
   corpus = tmp_path / "corpus"
   shutil.copytree(os.path.join(tiny_world, "corpus/images"), corpus)

@@ -205,6 +205,7 @@ def _stock_params(task: str, input_path: str, size: int = 64):
                                         "shuffle_buffer_size": 4}}})])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["classification", "detection", "segmentation"])
 def test_stock_model_garden_task_trains_on_its_export(exported, task):
   output_dir, _ = exported

@@ -170,6 +170,7 @@ def test_seeded_training_is_reproducible(tiny_world, tmp_path, checkpoint_values
   assert any(not np.array_equal(other[name], value) for name, value in first.items())
 
 
+@pytest.mark.slow
 def test_restarted_training_resumes_from_its_checkpoint(tiny_world, tmp_path):
   params = _params("classification", tiny_world)
   training.run(params, str(tmp_path), "train")
