@@ -43,10 +43,11 @@ The teachers config (YAML):
     classification: {num_classes: 11}   # num_classes from each teacher.json
 """
 import argparse
+import dataclasses
 import inspect
 import json
 import logging
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -58,9 +59,11 @@ import must  # noqa: F401  (legacy Keras switch before TensorFlow loads)
 from beam_pipelines import common
 from beam_pipelines import decode
 from beam_pipelines import inference
+from must import configs
 from must import schema as schema_lib
 from must import serving
 from must import tasks as tasks_lib
+from official.modeling import hyperparams
 
 IMAGES = "images"
 TFRECORD = "tfrecord"
@@ -70,8 +73,6 @@ EXAMPLES_PREFIX = "pseudo_labeled"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"
 SUMMARY_FILE = "summary.json"
 LABELING_FAILED = "labeling_failed"
-_CONFIG_KEYS = {"teachers", "thresholds", "task_params"}
-_TEACHER_KEYS = {"task", "path", "batch_size"}
 _NAMESPACE = "pseudo_label"
 
 
@@ -95,6 +96,22 @@ class PseudoLabelOptions(common.DataOptions, pipeline_options.PipelineOptions):
 # -- Config ---------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class TeacherEntry(hyperparams.Config):
+  """One teacher of the teachers config: its task, export path, batch size."""
+  task: str = ""
+  path: str = ""
+  batch_size: int = 8
+
+
+@dataclasses.dataclass
+class TeachersConfig(hyperparams.Config):
+  """The teachers config (module docstring); loaded strictly by `must.configs`."""
+  teachers: List[TeacherEntry] = dataclasses.field(default_factory=list)
+  thresholds: Optional[dict] = None
+  task_params: Optional[dict] = None
+
+
 def resolve_config(raw: Mapping[str, Any], where: str = "teachers config",
                    metadata_fn: Callable[[str], serving.TeacherMetadata] = (
                        serving.TeacherMetadata.read)) -> dict:
@@ -114,21 +131,18 @@ def resolve_config(raw: Mapping[str, Any], where: str = "teachers config",
     ValueError: unknown keys, unknown tasks, duplicate teachers, a teacher
       whose metadata names another task, or thresholds the task does not take.
   """
-  unknown = set(raw) - _CONFIG_KEYS
-  if unknown:
-    raise ValueError(f"{where}: unknown keys {sorted(unknown)}; valid: {sorted(_CONFIG_KEYS)}")
+  config = configs.load(TeachersConfig(), params_override=dict(raw), override_name=where)
   teachers, seen = [], set()
-  for entry in raw.get("teachers") or []:
-    bad = set(entry) - _TEACHER_KEYS
-    if bad or "task" not in entry or "path" not in entry:
-      raise ValueError(f"{where}: teacher {entry} needs task and path; valid keys: "
-                       f"{sorted(_TEACHER_KEYS)}")
+  for entry in config.teachers:
+    entry = entry.as_dict()
+    if not entry["task"] or not entry["path"]:
+      raise ValueError(f"{where}: teacher {entry} needs task and path")
     task = entry["task"]
     tasks_lib.get(task)
     if task in seen:
       raise ValueError(f"{where}: two teachers for {task}")
     seen.add(task)
-    batch_size = int(entry.get("batch_size", 8))
+    batch_size = entry["batch_size"]
     if batch_size < 1:
       raise ValueError(f"{where}: {task} batch_size must be >= 1, got {batch_size}")
     metadata = metadata_fn(entry["path"]).for_task(task, where=entry["path"])
@@ -142,13 +156,13 @@ def resolve_config(raw: Mapping[str, Any], where: str = "teachers config",
                      "class_names": metadata.class_names})
   if not teachers:
     raise ValueError(f"{where}: lists no teachers")
-  thresholds = {k: dict(v or {}) for k, v in (raw.get("thresholds") or {}).items()}
+  thresholds = {k: dict(v or {}) for k, v in _mapping(config.thresholds).items()}
   for task in thresholds:
     if task not in seen:
       raise ValueError(f"{where}: thresholds for {task}, which has no teacher")
   task_params = {t["task"]: ({"num_classes": t["num_classes"]} if t["num_classes"] else {})
                  for t in teachers}
-  for task, params in (raw.get("task_params") or {}).items():
+  for task, params in _mapping(config.task_params).items():
     tasks_lib.get(task)
     task_params[task] = dict(params or {})
   schema = schema_lib.Schema(task_params)
@@ -159,6 +173,10 @@ def resolve_config(raw: Mapping[str, Any], where: str = "teachers config",
       raise ValueError(f"{where}: unknown {task} thresholds {sorted(set(kwargs) - accepted)}; "
                        f"valid: {sorted(accepted)}")
   return {"teachers": teachers, "thresholds": thresholds, "task_params": task_params}
+
+
+def _mapping(config: hyperparams.Config | None) -> dict:
+  return config.as_dict() if config else {}
 
 
 def load_config(path: str, **kwargs) -> dict:

@@ -719,5 +719,9 @@ def main(argv):
   print(f"Report: {os.path.join(_OUTPUT_DIR.value, 'report', report.REPORT_FILE)}")
 
 
-if __name__ == "__main__":
+def run_cli():
   app.run(main)
+
+
+if __name__ == "__main__":
+  run_cli()

@@ -31,7 +31,11 @@ def main(argv):
   training.run(params, FLAGS.model_dir, FLAGS.mode, FLAGS.seed, FLAGS.cpu_replicas)
 
 
-if __name__ == "__main__":
+def run_cli():
   training.define_flags()
   flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
   app.run(main)
+
+
+if __name__ == "__main__":
+  run_cli()

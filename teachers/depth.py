@@ -60,7 +60,7 @@ from official.vision.ops import preprocess_ops
 from official.vision.tasks import semantic_segmentation
 from teachers import common as teachers_common
 
-TASK = "depth"
+TASK = depth_task.Depth.name
 EXPERIMENT = "must_depth_teacher"
 
 METRIC_KIND = b"metric"
@@ -215,9 +215,9 @@ normalize_images = heads.normalize_images
 
 
 class Parser(parser_lib.Parser):
-  """Decoded MuST example -> (normalized image, {'depth', 'valid', 'metric'}).
+  """Decoded MuST example -> (normalized image, {'target', 'valid', 'metric'}).
 
-  'depth' is the target inverse depth [H, W] (1/d of metric depth, or the
+  'target' is the inverse depth [H, W] (1/d of metric depth, or the
   relative inverse depth as stored), 'valid' the pixels that have one, and
   'metric' whether the record held metric depth (only those have a true
   depth for AbsRel / delta).
@@ -241,7 +241,7 @@ class Parser(parser_lib.Parser):
 
   def _labels(self, image, dense, metric):
     image = tf.cast(image, self._dtype)
-    return image, {"depth": dense[0], "valid": dense[1] > 0.5, "metric": metric}
+    return image, {"target": dense[0], "valid": dense[1] > 0.5, "metric": metric}
 
   def _parse_train_data(self, decoded_tensors):
     image, dense, metric = self._prepare(decoded_tensors)
@@ -288,7 +288,7 @@ class DepthTask(base_task.Task):
   def build_inputs(self, params: DepthDataConfig,
                    input_context: Optional[tf.distribute.InputContext] = None
                    ) -> tf.data.Dataset:
-    """Batches of (images [B, H, W, 3], {'depth', 'valid', 'metric'}, eval: and `ground_truth`)."""
+    """Batches of (images [B, H, W, 3], {'target', 'valid', 'metric'}, eval: and `ground_truth`)."""
     decoder = schema_lib.Schema({TASK: {}})
     parser = Parser(self._output_size(params), aug_rand_hflip=params.aug_rand_hflip,
                     dtype=params.dtype)
@@ -313,7 +313,7 @@ class DepthTask(base_task.Task):
     """The weighted scale-and-shift-invariant loss (+ regularization losses).
 
     Args:
-      labels: {'depth': [B, H, W], 'valid': [B, H, W], ...}.
+      labels: {'target': [B, H, W], 'valid': [B, H, W], ...}.
       model_outputs: the model's outputs ({'logits': [B, h, w, 1]}) or the
         prediction already at label size [B, H, W].
       aux_losses: the model's regularization losses.
@@ -324,9 +324,9 @@ class DepthTask(base_task.Task):
     losses = self.task_config.losses
     pred = model_outputs
     if isinstance(model_outputs, Mapping) or model_outputs.shape.rank == 4:
-      pred = outputs_to_inverse_depth(model_outputs, tf.shape(labels["depth"])[1:3])
+      pred = outputs_to_inverse_depth(model_outputs, tf.shape(labels["target"])[1:3])
     total = depth_task.scale_shift_invariant_loss(
-        pred, labels["depth"], labels["valid"],
+        pred, labels["target"], labels["valid"],
         gradient_matching_weight=losses.gradient_matching_weight,
         gradient_matching_scales=losses.gradient_matching_scales,
         loss_type=losses.loss_type, trim_fraction=losses.trim_fraction)
@@ -338,9 +338,9 @@ class DepthTask(base_task.Task):
     """The loss, plus the served depth and the ground truth for `aggregate_logs`."""
     features, labels = inputs
     pred = outputs_to_inverse_depth(self.inference_step(features, model),
-                                    tf.shape(labels["depth"])[1:3])
+                                    tf.shape(labels["target"])[1:3])
     return {self.loss: self.build_losses(labels, pred, aux_losses=model.losses),
-            "served": {TASK: {"depth": pred}},
+            "served": {TASK: {depth_task.OUTPUT: pred}},
             evaluate.GROUND_TRUTH: labels[evaluate.GROUND_TRUTH]}
 
   def aggregate_logs(self, state=None, step_outputs=None):
@@ -437,4 +437,4 @@ def serve(model: tf_keras.Model, images: tf.Tensor, params: cfg.ExperimentConfig
   """
   inputs = tf.cast(normalize_images(images), params.task.validation_data.dtype)
   outputs = model(inputs, training=False)
-  return {"depth": outputs_to_inverse_depth(outputs, tf.shape(images)[1:3])}
+  return {depth_task.OUTPUT: outputs_to_inverse_depth(outputs, tf.shape(images)[1:3])}

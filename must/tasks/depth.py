@@ -25,6 +25,7 @@ SCALE = "image/depth/scale"
 SHIFT = "image/depth/shift"
 KIND = "image/depth/kind"
 KINDS = ("relative_inverse", "metric")
+OUTPUT = "depth"  # the key of a depth model's output map
 _MAX_CODE = 65535
 
 

@@ -12,11 +12,9 @@ import tensorflow as tf
 import tf_keras
 import yaml
 
-from must import configs
 from must import schema as schema_lib
 from must.tasks import depth as depth_task
 from must.tasks.depth import DepthLabel
-from must.world import writer
 from official.core import exp_factory
 from official.core import task_factory
 from official.core import train_lib
@@ -26,15 +24,12 @@ from teachers import depth
 from teachers import export
 
 ROOT = pathlib.Path(__file__).parents[2]
-TINY = str(ROOT / "configs/world/tiny.yaml")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-  output_dir = str(tmp_path_factory.mktemp("world"))
-  writer.write_world(configs.load(writer.WorldConfig(), TINY), output_dir,
-                     progress=lambda _: None)
-  return output_dir
+def world(tiny_world):
+  """The session's tiny world (configs/world/tiny.yaml), written once for every test file."""
+  return tiny_world
 
 
 def _tiny_config(world_dir: str, size: int = 32) -> hyperparams.Config:
@@ -187,7 +182,7 @@ def test_input_pipeline_reads_the_world_with_inverse_depth_targets(world):
   task = task_factory.get_task(config.task)
   images, labels = next(iter(task.build_inputs(config.task.validation_data)))
   assert images.shape == (4, 64, 64, 3) and images.dtype == tf.float32
-  assert labels["depth"].shape == (4, 64, 64) and labels["depth"].dtype == tf.float32
+  assert labels["target"].shape == (4, 64, 64) and labels["target"].dtype == tf.float32
   assert labels["valid"].dtype == tf.bool and labels["metric"].numpy().all()
 
   first = next(iter(tf.data.TFRecordDataset(shard)))
@@ -195,7 +190,7 @@ def test_input_pipeline_reads_the_world_with_inverse_depth_targets(world):
   metric_depth = decoded["depth"]["depth"].numpy()
   ok = decoded["depth"]["valid"].numpy()
   np.testing.assert_array_equal(labels["valid"][0].numpy(), ok)
-  np.testing.assert_allclose(labels["depth"][0].numpy()[ok], 1.0 / metric_depth[ok], rtol=1e-6)
+  np.testing.assert_allclose(labels["target"][0].numpy()[ok], 1.0 / metric_depth[ok], rtol=1e-6)
   np.testing.assert_allclose(images[0], depth.normalize_images(decoded["image"]), atol=1e-6)
   assert abs(float(tf.reduce_mean(images))) < 2.0  # normalized, not 0..255
 
@@ -204,9 +199,9 @@ def test_training_input_is_resized_and_flipped_consistently(world):
   config = _tiny_config(world, size=32)
   task = task_factory.get_task(config.task)
   images, labels = next(iter(task.build_inputs(config.task.train_data)))
-  assert images.shape == (4, 32, 32, 3) and labels["depth"].shape == (4, 32, 32)
+  assert images.shape == (4, 32, 32, 3) and labels["target"].shape == (4, 32, 32)
   valid = labels["valid"].numpy()
-  assert valid.any() and (labels["depth"].numpy()[valid] > 0).all()
+  assert valid.any() and (labels["target"].numpy()[valid] > 0).all()
 
   shard = sorted(glob.glob(config.task.train_data.input_path))[0]
   record = next(iter(tf.data.TFRecordDataset(shard)))
@@ -217,10 +212,10 @@ def test_training_input_is_resized_and_flipped_consistently(world):
   tf.random.set_seed(0)
   for _ in range(16):
     image, label = parser._parse_train_data(decoded)  # pylint: disable=protected-access
-    flipped = not np.allclose(label["depth"], reference["depth"])
-    expected = reference["depth"].numpy()[:, ::-1] if flipped else reference["depth"].numpy()
+    flipped = not np.allclose(label["target"], reference["target"])
+    expected = reference["target"].numpy()[:, ::-1] if flipped else reference["target"].numpy()
     expected_image = reference_image.numpy()[:, ::-1] if flipped else reference_image.numpy()
-    np.testing.assert_allclose(label["depth"], expected)
+    np.testing.assert_allclose(label["target"], expected)
     np.testing.assert_allclose(image, expected_image)
     flips.add(flipped)
   assert flips == {True, False}
@@ -237,7 +232,7 @@ def test_relative_inverse_pseudo_labels_are_used_as_they_are():
   _, labels = depth.Parser([8, 8])._parse_eval_data(decoded)  # pylint: disable=protected-access
   assert not labels["metric"]
   assert not labels["valid"][0, 0] and labels["valid"].numpy().sum() == 63
-  np.testing.assert_allclose(labels["depth"].numpy()[1:], values[1:], atol=2.0 / 65534)
+  np.testing.assert_allclose(labels["target"].numpy()[1:], values[1:], atol=2.0 / 65534)
 
 
 # -- Task, experiment, export hook ----------------------------------------------
