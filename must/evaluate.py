@@ -48,12 +48,14 @@ def score(metric, label: Mapping[str, np.ndarray], image_size, outputs: Mapping[
 def ground_truth(decoded: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, Any]:
   """In `tf.data`: the decoded labels of `tasks` as they are, for `aggregate`.
 
-  Each tensor's shape travels with it, so `padded_batch` can batch labels of
+  Each array's shape travels with it (scalars have none: a batch of empty
+  shapes crashes mirrored CPU replicas), so `padded_batch` can batch labels of
   any size and `aggregate` cuts the padding off again.
   """
   labels = {task: dict(decoded[task]) for task in tasks}
-  return {"labels": labels, "shapes": tf.nest.map_structure(tf.shape, labels),
-          "image_size": tf.shape(decoded["image"])[:2]}
+  shapes = {task: {key: tf.shape(value) for key, value in label.items() if value.shape.rank}
+            for task, label in labels.items()}
+  return {"labels": labels, "shapes": shapes, "image_size": tf.shape(decoded["image"])[:2]}
 
 
 def padded_batch(params) -> Callable[..., tf.data.Dataset]:
@@ -71,8 +73,8 @@ def _replicas(tree) -> list:
   if not isinstance(tree, Mapping):
     return [np.asarray(v) for v in (tree if isinstance(tree, (tuple, list)) else [tree])]
   parts = {key: _replicas(value) for key, value in tree.items()}
-  return [{key: part[r] for key, part in parts.items()}
-          for r in range(len(next(iter(parts.values()))))]
+  return [{key: part[r] if part else {} for key, part in parts.items()}
+          for r in range(max(map(len, parts.values()), default=0))]
 
 
 def aggregate(metrics: Mapping[str, Any], truth: Mapping[str, Any],
@@ -89,7 +91,8 @@ def aggregate(metrics: Mapping[str, Any], truth: Mapping[str, Any],
     for i, image_size in enumerate(replica_truth["image_size"]):
       for task, metric in metrics.items():
         shapes = replica_truth["shapes"][task]
-        label = {key: value[(i, *(slice(0, n) for n in shapes[key][i]))]
+        label = {key: value[(i, *(slice(0, n) for n in shapes[key][i]))] if key in shapes
+                 else value[i]
                  for key, value in replica_truth["labels"][task].items()}
         score(metric, label, image_size, {k: v[i] for k, v in replica_served[task].items()},
               size)

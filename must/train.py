@@ -11,7 +11,6 @@ included, is saved as `params.yaml`. The strategy comes from `runtime` (one
 device, `mirrored`, `multi_worker_mirrored` with TF_CONFIG, `tpu`); a restarted
 run resumes from its latest checkpoint.
 """
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -28,13 +27,11 @@ def main(argv):
                                   resolve=student_config.resolve_loss_weights)
   logging.info("loss weights: %s",
                {head.task: head.loss_weight for head in params.task.model.heads})
-  training.run(params, FLAGS.model_dir, FLAGS.mode, FLAGS.seed, FLAGS.cpu_replicas)
+  training.train_from_flags(params)
 
 
 def run_cli():
-  training.define_flags()
-  flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
-  app.run(main)
+  training.run_binary(main)
 
 
 if __name__ == "__main__":

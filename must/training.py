@@ -82,6 +82,19 @@ def define_flags() -> None:
       "(python -m benchmarks.cpu_replicas).")
 
 
+def run_binary(main) -> None:
+  """A training binary's entry point: its flags (experiment, mode and model dir
+  required), then absl runs `main`."""
+  define_flags()
+  flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
+  app.run(main)
+
+
+def train_from_flags(params) -> None:
+  """Runs `params` as the training flags say (model dir, mode, seed, CPU replicas)."""
+  run(params, flags.FLAGS.model_dir, flags.FLAGS.mode, flags.FLAGS.seed, flags.FLAGS.cpu_replicas)
+
+
 def make_deterministic(seed: int) -> None:
   """Seeds every random generator and makes TensorFlow's ops (tf.data included)
   deterministic. Call before any op runs."""

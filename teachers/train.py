@@ -10,7 +10,6 @@ saved as `params.yaml` in the model dir; a restarted run resumes from the
 latest checkpoint there (Model Garden's orbit controller restores it). The
 work is done by `must.training`, shared with the student's binary.
 """
-from absl import app
 from absl import flags
 
 from must import training
@@ -22,13 +21,11 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   params = training.parse_params(FLAGS, teachers.experiments())
-  training.run(params, FLAGS.model_dir, FLAGS.mode, FLAGS.seed, FLAGS.cpu_replicas)
+  training.train_from_flags(params)
 
 
 def run_cli():
-  training.define_flags()
-  flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
-  app.run(main)
+  training.run_binary(main)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,7 @@ def _decode(records: list[bytes]) -> list[dict]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
   config = configs.load(writer.WorldConfig(), TINY, {"corpus_png_fraction": 0.3,
-                                                       "image_format": "png",
-                                                       "num_workers": 2})  # the spawn path
+                                                       "image_format": "png"})
   output_dir = str(tmp_path_factory.mktemp("world"))
   lines = []
   metadata = writer.write_world(config, output_dir, progress=lines.append)
