@@ -49,8 +49,7 @@ def make_world(work_dir: str, corpus_size: int, image_size: int) -> str:
   world_dir = os.path.join(work_dir, "world")
   if os.path.exists(os.path.join(world_dir, "world.json")):
     return world_dir
-  sizes = {k: 2 for k in ("classification", "detection", "segmentation", "depth",
-                          "corpus_partial", "eval", "transfer_train", "transfer_eval")}
+  sizes = {k: 2 for k in writer.SplitSizes().as_dict()}
   config = configs.load(writer.WorldConfig(), TINY_WORLD, {
       "render": {"height": image_size, "width": image_size},
       "sizes": {**sizes, "corpus": 4 * corpus_size},

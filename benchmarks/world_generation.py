@@ -32,9 +32,9 @@ def write_rate(size: int, scenes: int, workers: int) -> float:
   share = scenes // 10
   config.override({
       "render": {"height": size, "width": size}, "num_workers": workers, "preview_scenes": 0,
-      "sizes": {"classification": share, "detection": share, "segmentation": share,
-                "depth": share, "corpus": 3 * share, "corpus_partial": share // 2,
-                "eval": share // 2, "transfer_train": share // 2, "transfer_eval": share // 2},
+      "sizes": {**{task: share for task in writer.teacher_tasks()}, "corpus": 3 * share,
+                "corpus_partial": share // 2, "eval": share // 2, "transfer_train": share // 2,
+                "transfer_eval": share // 2},
   })
   with tempfile.TemporaryDirectory() as output_dir:
     return writer.write_world(config, output_dir, progress=lambda line: None)["scenes_per_second"]
