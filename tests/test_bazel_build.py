@@ -22,6 +22,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 RULES = ("py_library", "py_binary", "py_test")
 # Distributions that code needs without importing them.
 RUNTIME_ONLY = {"google-crc32c"}  # Beam's tfrecordio checksums with it where it is installed.
+DISTRIBUTIONS = importlib.metadata.packages_distributions()  # {top-level module: [distribution]}
 
 
 @dataclasses.dataclass
@@ -107,7 +108,6 @@ def problems(root: pathlib.Path) -> list[str]:
               if target.rule == "py_binary" for src in target.srcs}
   conftests = {label: target.srcs[0].rpartition("/")[0] for label, target in targets.items()
                if target.srcs[0].endswith("/conftest.py")}
-  distributions = importlib.metadata.packages_distributions()
   found = []
   for top in sorted({src.split("/")[0] for target in targets.values() for src in target.srcs}):
     for path in sorted(path.relative_to(root).as_posix() for path in (root / top).rglob("*.py")):
@@ -136,7 +136,7 @@ def problems(root: pathlib.Path) -> list[str]:
       found.append(f"{label} has the unused dep {dep}")
     tops = {module.split(".")[0] for module in imported if _owner(module, owners) is None}
     third_party = {_normalize(dist) for top in tops - sys.stdlib_module_names
-                   for dist in distributions.get(top, [top])}
+                   for dist in DISTRIBUTIONS.get(top, [top])}
     for dist in sorted(third_party - target.requirements):
       found.append(f"{label} misses requirement(\"{dist}\")")
     for dist in sorted(target.requirements - third_party - RUNTIME_ONLY):
