@@ -48,7 +48,8 @@ def _tiny_configs(config_dir):
   (config_dir / "student.yaml").write_text(json.dumps(TINY_STUDENT))
   (config_dir / "baselines.yaml").write_text(json.dumps({"tasks": ["classification"]}))
   (config_dir / "transfer.yaml").write_text(json.dumps(
-      {"tasks": ["surface_normals"], "student": TINY_STUDENT}))
+      {"tasks": ["surface_normals"], "student": TINY_STUDENT,
+       "claim": {"task": "surface_normals", "rivals": ["scratch", "classification teacher"]}}))
 
 
 def _depth_chance(world_dir) -> float:
