@@ -74,7 +74,10 @@ def _check_keys(config: hyperparams.Config, override: dict, where: str, prefix: 
   for key, value in override.items():
     current = getattr(config, key)
     typed = config._get_subconfig_type(key)  # pylint: disable=protected-access
-    typed = None if typed is hyperparams.Config else typed  # a free-form mapping
+    typed = None if typed is hyperparams.Config else typed
+    free_form = typed is None and type(current) is hyperparams.Config  # pylint: disable=unidiomatic-typecheck
+    if free_form:  # its owner types it (e.g. `must.tasks.heads.typed_options`)
+      continue
     if isinstance(value, dict) and (isinstance(current, hyperparams.Config) or typed):
       _check_keys(current if current is not None else typed(), value, where, f"{prefix}{key}.")
     elif isinstance(value, (list, tuple)) and isinstance(current, (list, tuple)) and typed:

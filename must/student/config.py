@@ -119,8 +119,8 @@ def check_heads(model: StudentModel) -> None:
   names = [head.task for head in model.heads]
   if len(set(names)) != len(names):
     raise ValueError(f"task.model.heads repeats a task: {names}")
-  for head in model.heads:
-    tasks.get(head.task)  # a miss lists the registered tasks
+  for head in model.heads:  # a missing task lists the registered ones
+    heads_lib.typed_options(head, tasks.get(head.task).head_options)
 
 
 def _teacher_metadata(teacher_dirs: Sequence[str]) -> dict[str, serving.TeacherMetadata]:

@@ -117,6 +117,9 @@ class Task(abc.ABC):
   # paper's rule w = (b_s * lr_t) / (b_t * lr_s) from the teacher's metadata;
   # 'fixed' uses 1 (the paper weighs depth on its own).
   student_loss_weight_rule: ClassVar[str] = "teacher"
+  # The typed config of this task's own head settings (`HeadConfig.options`);
+  # None when the head has only the settings every head has.
+  head_options: ClassVar[type | None] = None
 
   @abc.abstractmethod
   def features(self, label: Any, image_size: tuple[int, int]) -> Features:

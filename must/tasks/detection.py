@@ -16,10 +16,13 @@ import tensorflow as tf
 
 import tf_keras
 
+from must import configs
 from must import tasks
 from must import visualize
 from must.tasks import base
 from must.tasks import heads
+from official.modeling import hyperparams
+from official.vision.configs import retinanet as retinanet_cfg
 from official.vision.losses import focal_loss
 from official.vision.losses import loss_utils
 from official.vision.modeling.heads import dense_prediction_heads
@@ -51,6 +54,35 @@ class DetectionLabel:
   is_crowd: np.ndarray | None = None
 
 
+@dataclasses.dataclass
+class DetectionHeadOptions(hyperparams.Config):
+  """The detection head's own settings (`HeadConfig.options`).
+
+  Attributes:
+    min_score: pseudo boxes under this score are no targets.
+    max_boxes: boxes kept per image (padded to this for batching).
+    match_threshold: anchor IoU to count as positive.
+    unmatched_threshold: anchor IoU under which it is negative.
+    focal_loss_alpha, focal_loss_gamma, huber_loss_delta, box_loss_weight:
+      RetinaNet's loss settings.
+    anchor: Model Garden's RetinaNet anchors.
+    detection_generator: Model Garden's box decoding and NMS.
+  """
+  min_score: float = 0.0
+  max_boxes: int = 32
+  match_threshold: float = 0.5
+  unmatched_threshold: float = 0.4
+  focal_loss_alpha: float = 0.25
+  focal_loss_gamma: float = 1.5
+  huber_loss_delta: float = 0.1
+  box_loss_weight: float = 50.0
+  anchor: retinanet_cfg.Anchor = dataclasses.field(
+      default_factory=lambda: retinanet_cfg.Anchor(num_scales=3, aspect_ratios=[0.5, 1.0, 2.0],
+                                                   anchor_size=2.0))
+  detection_generator: retinanet_cfg.DetectionGenerator = dataclasses.field(
+      default_factory=configs.detection_generator)
+
+
 @tasks.register
 class Detection(base.Task):
   """Detection with normalized boxes.
@@ -64,6 +96,7 @@ class Detection(base.Task):
   has_classes = True
   world_teacher_split = True
   writes_coco = True
+  head_options = DetectionHeadOptions
 
   def __init__(self, num_classes: int):
     self.num_classes = num_classes
@@ -271,15 +304,16 @@ class DetectionHead(heads.StudentHead):
 
   def __init__(self, config, model, num_classes=0):
     super().__init__(config, model, num_classes)
-    spec = config.anchor
+    self.options = options = heads.typed_options(config, DetectionHeadOptions)
+    spec = options.anchor
     self.num_anchors = spec.num_scales * len(spec.aspect_ratios)
     generator = anchor.build_anchor_generator(
         min_level=self.MIN_LEVEL, max_level=model.max_level, num_scales=spec.num_scales,
         aspect_ratios=spec.aspect_ratios, anchor_size=spec.anchor_size)
     self.anchor_boxes = generator(image_size=tuple(model.input_size))
-    self.labeler = anchor.AnchorLabeler(match_threshold=config.match_threshold,
-                                        unmatched_threshold=config.unmatched_threshold)
-    generator_config = config.detection_generator
+    self.labeler = anchor.AnchorLabeler(match_threshold=options.match_threshold,
+                                        unmatched_threshold=options.unmatched_threshold)
+    generator_config = options.detection_generator
     self.generator = detection_generator.MultilevelDetectionGenerator(
         apply_nms=True, pre_nms_top_k=generator_config.pre_nms_top_k,
         pre_nms_score_threshold=generator_config.pre_nms_score_threshold,
@@ -298,7 +332,7 @@ class DetectionHead(heads.StudentHead):
         name="detection_head")
 
   def targets(self, label, flip, output_size):
-    keep = (label["scores"] >= self.config.min_score) & (label["classes"] > 0)
+    keep = (label["scores"] >= self.options.min_score) & (label["classes"] > 0)
     boxes = tf.boolean_mask(label["boxes"], keep)
     classes = tf.boolean_mask(label["classes"], keep)
     ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
@@ -309,8 +343,8 @@ class DetectionHead(heads.StudentHead):
     cls_targets, box_targets, _, cls_weights, box_weights = self.labeler.label_anchors(
         self.anchor_boxes, pixels, classes[:, None])
     present = tf.cast(label["present"], tf.float32)
-    n = tf.minimum(tf.shape(boxes)[0], self.config.max_boxes)
-    pad = self.config.max_boxes - n
+    n = tf.minimum(tf.shape(boxes)[0], self.options.max_boxes)
+    pad = self.options.max_boxes - n
     return {
         "cls_targets": cls_targets, "box_targets": box_targets,
         "cls_weights": cls_weights * present, "box_weights": box_weights * present,
@@ -320,7 +354,7 @@ class DetectionHead(heads.StudentHead):
     }
 
   def loss(self, outputs, targets):
-    config = self.config
+    config = self.options
     cls_loss_fn = focal_loss.FocalLoss(alpha=config.focal_loss_alpha, gamma=config.focal_loss_gamma,
                                        reduction=tf_keras.losses.Reduction.SUM)
     box_loss_fn = tf_keras.losses.Huber(config.huber_loss_delta,

@@ -23,7 +23,6 @@ from must import configs
 import tf_keras
 from official.modeling import hyperparams
 from official.vision.configs import common
-from official.vision.configs import retinanet as retinanet_cfg
 from official.vision.modeling.heads import segmentation_heads
 from official.vision.ops import preprocess_ops
 
@@ -32,43 +31,42 @@ Features = Mapping[str, Any]
 
 @dataclasses.dataclass
 class HeadConfig(hyperparams.Config):
-  """One task head of the student.
+  """One task head of the student: what every head has, plus its task's `options`.
 
   Attributes:
     task: the task's registry name.
     loss_weight: weight of this task's loss; None applies the task's default
       (the paper's rule from the teacher's batch size and learning rate, or 1).
-    num_classes: classes of classification, detection and segmentation
-      (0: the schema's, e.g. the world's 11).
+    num_classes: the task's classes where it has classes (0: the schema's, e.g.
+      the world's 11).
     num_convs: 3x3 conv + norm + activation layers before the prediction.
     num_filters: filters of those convs.
-    min_score: detection only: boxes under this score are no targets.
-    max_boxes: detection only: boxes kept per image (padded to this for batching).
-    match_threshold: detection only: anchor IoU to count as positive.
-    unmatched_threshold: detection only: anchor IoU under which it is negative.
-    focal_loss_alpha, focal_loss_gamma, huber_loss_delta, box_loss_weight:
-      detection only: RetinaNet's loss settings.
-    anchor: detection only: Model Garden's RetinaNet anchors.
-    detection_generator: detection only: Model Garden's box decoding and NMS.
+    options: settings only this task's head has, typed by its task's
+      `head_options` config (as a Model Garden one-of holds only the chosen
+      type's block); a key that config lacks stops at load (`typed_options`).
   """
   task: str = ""
   loss_weight: Optional[float] = None
   num_classes: int = 0
   num_convs: int = 3
   num_filters: int = 64
-  min_score: float = 0.0
-  max_boxes: int = 32
-  match_threshold: float = 0.5
-  unmatched_threshold: float = 0.4
-  focal_loss_alpha: float = 0.25
-  focal_loss_gamma: float = 1.5
-  huber_loss_delta: float = 0.1
-  box_loss_weight: float = 50.0
-  anchor: retinanet_cfg.Anchor = dataclasses.field(
-      default_factory=lambda: retinanet_cfg.Anchor(num_scales=3, aspect_ratios=[0.5, 1.0, 2.0],
-                                                   anchor_size=2.0))
-  detection_generator: retinanet_cfg.DetectionGenerator = dataclasses.field(
-      default_factory=configs.detection_generator)
+  options: hyperparams.Config = dataclasses.field(default_factory=hyperparams.Config)
+
+
+def typed_options(config: HeadConfig, options_type: Optional[type]) -> Optional[hyperparams.Config]:
+  """A head's `options` as its task's typed config (defaults + what was set).
+
+  Raises:
+    ConfigError: a key or value the task's options do not take, or options
+      given to a task that has none.
+  """
+  given = config.options.as_dict() if config.options is not None else {}
+  where = f"task.model.heads ({config.task}).options"
+  if options_type is None:
+    if given:
+      raise configs.ConfigError(f"{where}: the {config.task} head takes no options, got {given}")
+    return None
+  return configs.load(options_type(), params_override=given, override_name=where)
 
 
 @dataclasses.dataclass

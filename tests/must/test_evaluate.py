@@ -102,7 +102,7 @@ def _student_eval(tmp_path, examples, input_size: int, **detection_head) -> dict
   params = exp_factory.get_exp_config("must_student")
   params.override({"task": {
       "model": {"input_size": [input_size, input_size, 3],
-                "heads": [{"task": "detection", "num_classes": 11, **detection_head},
+                "heads": [{"task": "detection", "num_classes": 11, "options": detection_head},
                           {"task": "segmentation", "num_classes": 11}]},
       "validation_data": {"input_path": path, "global_batch_size": 2}}}, is_strict=True)
   task = task_lib.StudentTask(params.task)

@@ -220,6 +220,28 @@ def test_the_training_flags_load_through_one_loader_that_names_bad_keys():
                           [student_config.EXPERIMENT])
 
 
+def test_head_options_are_typed_by_their_task_and_checked_at_load(tiny_world):
+  params = tiny_params(tiny_world)
+  heads_config = [head.as_dict() for head in params.task.model.heads]
+  detection = next(i for i, head in enumerate(heads_config) if head["task"] == "detection")
+  other = next(i for i, head in enumerate(heads_config) if head["task"] != "detection")
+  heads_config[detection]["options"] = {"max_boxes": 7, "anchor": {"num_scales": 2}}
+  model = configs.load(student_config.StudentModel(), params_override={"heads": heads_config})
+  built = student_config.build_heads(model)["detection"]
+  assert built.options.max_boxes == 7 and built.num_anchors == 2 * 3
+  assert built.options.min_score == 0.0  # the defaults fill in the rest
+  assert "max_boxes" not in model.heads[other].as_dict()  # no union of every head's fields
+  for index, options, message in (
+      (detection, {"max_box": 7}, "unknown keys ['max_box']"),
+      (detection, {"max_boxes": "many"}, "max_boxes must be int"),
+      (other, {"max_boxes": 7}, "head takes no options")):
+    bad = [dict(head) for head in heads_config]
+    bad[index] = {**bad[index], "options": options}
+    with pytest.raises(configs.ConfigError, match=re.escape(message)):
+      configs.load(student_config.StudentModel(), params_override={"heads": bad},
+                   resolve=student_config.check_heads)
+
+
 def test_unknown_head_task_lists_the_registered_ones(tiny_world):
   params = tiny_params(tiny_world)
   params.task.model.heads[0].task = "clasification"
