@@ -31,6 +31,8 @@ labelled composite transform, with the image id as the key throughout:
                   config and the teacher versions
 
 Images in = examples out + dead letters, and the summary says whether it holds.
+The run owns its output dir (`run_dir`: a lock, `--overwrite`, files published
+when complete, the summary listing them).
 
 The teachers config (YAML):
 
