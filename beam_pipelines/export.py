@@ -505,7 +505,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
   (`run_dir.RunDir`) and returns the published summary."""
   options, config = common.configure(ExportOptions, argv, run_config)
   common.require_files(config["input_pattern"])
-  with run_dir.RunDir(config["output_dir"], options.view_as(ExportOptions).overwrite) as out:
+  with run_dir.RunDir(config["output_dir"], options.view_as(ExportOptions).overwrite,
+                      config["input_pattern"]) as out:
     common.run_pipeline(options, lambda p: p | "Export" >> Export(config, out.staging),
                         _NAMESPACE)
     return out.publish(SUMMARY_FILE)

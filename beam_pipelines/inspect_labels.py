@@ -219,7 +219,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
   (`run_dir.RunDir`) and returns its published report."""
   options, config = common.configure(InspectOptions, argv, run_config)
   common.require_files(config["input_pattern"])
-  with run_dir.RunDir(config["output_dir"], options.view_as(InspectOptions).overwrite) as out:
+  with run_dir.RunDir(config["output_dir"], options.view_as(InspectOptions).overwrite,
+                      config["input_pattern"]) as out:
     common.run_pipeline(options, lambda p: p | "Inspect" >> Inspect(config, out.staging),
                         _NAMESPACE)
     return out.publish(REPORT_FILE)

@@ -475,7 +475,8 @@ def run(argv: Sequence[str] | None = None, loader=None) -> dict:
   options, config = common.configure(PseudoLabelOptions, argv, run_config)
   common.require_files(config["options"]["input_pattern"])
   with run_dir.RunDir(config["options"]["output_dir"],
-                      options.view_as(PseudoLabelOptions).overwrite) as out:
+                      options.view_as(PseudoLabelOptions).overwrite,
+                      config["options"]["input_pattern"]) as out:
     common.run_pipeline(
         options, lambda p: p | "PseudoLabel" >> PseudoLabel(config, loader, out.staging),
         _NAMESPACE)

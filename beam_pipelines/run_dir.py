@@ -64,10 +64,15 @@ class RunDir:
   Args:
     output_dir: the run's `--output_dir` (any tf.io.gfile path).
     overwrite: remove another run's output there instead of refusing.
+    input_pattern: the run's input, which must not lie in the output dir.
   """
 
-  def __init__(self, output_dir: str, overwrite: bool = False):
+  def __init__(self, output_dir: str, overwrite: bool = False, input_pattern: str = ""):
     self.output_dir, self.overwrite = output_dir, overwrite
+    absolute = os.path.abspath if _is_local(output_dir) else str
+    if input_pattern and absolute(input_pattern).startswith(absolute(output_dir) + "/"):
+      raise cli.UserError(f"--output_dir {output_dir} holds the input --input_pattern "
+                          f"{input_pattern}; write elsewhere")
     self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     self.lock = common.join(output_dir, LOCK_FILE)
     self.staging = common.join(output_dir, STAGING_PREFIX + self.run_id)

@@ -70,3 +70,13 @@ def test_an_unwritable_output_dir_is_a_user_error(tmp_path):
   with pytest.raises(cli.UserError, match="--output_dir .*file/out: cannot create it"):
     with run_dir.RunDir(str(tmp_path / "file" / "out")):
       pass
+
+
+def test_an_output_dir_holding_the_input_is_refused_even_with_overwrite(tmp_path):
+  (tmp_path / "shard.tfrecord").write_text("input")
+  with pytest.raises(cli.UserError, match="holds the input --input_pattern"):
+    with run_dir.RunDir(str(tmp_path), overwrite=True, input_pattern=f"{tmp_path}/*.tfrecord"):
+      pass
+  assert (tmp_path / "shard.tfrecord").exists()
+  with run_dir.RunDir(str(tmp_path / "out"), input_pattern=f"{tmp_path}/*.tfrecord"):
+    pass
