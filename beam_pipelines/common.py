@@ -23,6 +23,7 @@ from apache_beam.io import filesystems
 from apache_beam.io import tfrecordio
 from apache_beam.options import pipeline_options
 
+from must import cli
 from must import image_codec
 
 DEFAULT_RUNNER = "DirectRunner"
@@ -40,16 +41,25 @@ class DataOptions(pipeline_options.PipelineOptions):
     parser.add_argument("--output_dir", help="Where the outputs go.")
     parser.add_argument("--num_shards", type=int, default=0,
                         help="Output TFRecord shards; 0 lets the runner decide.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace another run's output in --output_dir (removed first).")
 
 
 def make_options(options_class: type[pipeline_options.PipelineOptions],
                  argv: Sequence[str] | None) -> pipeline_options.PipelineOptions:
   """Parses `argv` into `options_class` with the project's runner defaults.
 
-  The runner defaults to `DEFAULT_RUNNER`, named explicitly: left to Beam, it
+  A flag that neither the pipeline nor Beam defines is a user error (Beam
+  would only warn). The runner defaults to `DEFAULT_RUNNER`, named explicitly: left to Beam, it
   would first try to download the Prism runner, which fails offline.
   """
   options = options_class(argv)
+  parsers = []
+  options.get_all_options(add_extra_args_fn=parsers.append)  # Beam's parser of every option
+  _, unknown = parsers[0].parse_known_args(list(argv or []))
+  if unknown:
+    raise cli.UserError(f"unknown flags {unknown}: neither this pipeline's nor Beam's "
+                        "(--help lists them)")
   standard = options.view_as(pipeline_options.StandardOptions)
   if standard.runner is None:
     standard.runner = DEFAULT_RUNNER
@@ -95,6 +105,29 @@ def require(view: Any, names: Sequence[str]) -> None:
   missing = [f"--{name}" for name in names if not getattr(view, name)]
   if missing:
     raise ValueError(f"missing options: {', '.join(missing)}")
+
+
+def configure(options_class: type[pipeline_options.PipelineOptions],
+              argv: Sequence[str] | None, run_config: Callable[[Any], dict]
+              ) -> tuple[pipeline_options.PipelineOptions, dict]:
+  """`make_options`, then `run_config(options)`, before any work: a bad flag or
+  value (a ValueError or OSError of the config) becomes a `cli.UserError`."""
+  options = make_options(options_class, argv)
+  try:
+    return options, run_config(options)
+  except (ValueError, OSError) as e:
+    raise cli.UserError(str(e)) from e
+
+
+def require_files(pattern: str, flag: str = "--input_pattern") -> None:
+  """Raises `cli.UserError` when `pattern` (a path or glob, any Beam file system)
+  matches no file."""
+  try:
+    found = filesystems.FileSystems.match([pattern])[0].metadata_list
+  except Exception:  # pylint: disable=broad-except  (each file system's own "not found")
+    found = []
+  if not found:
+    raise cli.UserError(f"{flag} {pattern}: matches no file")
 
 
 def run_pipeline(options: pipeline_options.PipelineOptions,

@@ -58,7 +58,9 @@ from apache_beam.options import pipeline_options
 
 import must  # noqa: F401  (legacy Keras switch before TensorFlow loads)
 from beam_pipelines import common
+from beam_pipelines import run_dir
 from beam_pipelines import shards
+from must import cli
 from must import schema as schema_lib
 from must import tasks as tasks_lib
 from must.tasks import base
@@ -392,18 +394,21 @@ class Export(beam.PTransform):
 
   Args:
     config: a resolved config (`run_config`).
+    write_dir: where the outputs go (default the output dir; `run` gives its
+      run dir's staging dir).
 
   Returns:
     {'selected': Selected elements, 'dead_letters': dicts, 'manifest': dicts,
      'summary': the summary as JSON text}.
   """
 
-  def __init__(self, config: Mapping[str, Any]):
+  def __init__(self, config: Mapping[str, Any], write_dir: str = ""):
     super().__init__()
     self.config = dict(config)
+    self.write_dir = write_dir or self.config["output_dir"]
 
   def expand(self, pbegin):
-    config, output_dir = self.config, self.config["output_dir"]
+    config, output_dir = self.config, self.write_dir
     tasks = config["tasks"]
     read = pbegin | "ReadShards" >> shards.ReadLabeledShards(
         config["input_pattern"], config["task_params"], required_tasks=tasks)
@@ -496,21 +501,30 @@ def _json_lines(selected: Selected, task: str, config: Mapping[str, Any]) -> lis
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  """Builds and runs the export; returns the summary read back from disk."""
-  options = common.make_options(ExportOptions, argv)
-  config = run_config(options)
-  common.run_pipeline(options, lambda p: p | "Export" >> Export(config), _NAMESPACE)
-  return json.loads(common.read_text(common.join(config["output_dir"], SUMMARY_FILE)))
+  """Checks the flags and input, runs the export into its own output dir
+  (`run_dir.RunDir`) and returns the published summary."""
+  options, config = common.configure(ExportOptions, argv, run_config)
+  common.require_files(config["input_pattern"])
+  with run_dir.RunDir(config["output_dir"], options.view_as(ExportOptions).overwrite,
+                      config["input_pattern"]) as out:
+    common.run_pipeline(options, lambda p: p | "Export" >> Export(config, out.staging),
+                        _NAMESPACE)
+    return out.publish(SUMMARY_FILE)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _main(argv: Sequence[str]) -> None:
   logging.getLogger().setLevel(logging.INFO)
   summary = run(argv)
   print(json.dumps({"counts": summary["counts"],
                     "tasks": {t: {k: v for k, v in s.items() if not isinstance(v, dict)}
                               for t, s in summary["tasks"].items()}}, indent=2))
   if not summary["counts"]["balanced"]:
-    raise SystemExit("counts do not balance: records in != images + dead letters")
+    raise cli.JobFailed("counts do not balance: records in != images + dead letters "
+                        f"({summary['counts']})")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  cli.run_main("beam_pipelines.export", _main, argv)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ import numpy as np
 import must  # noqa: F401  (legacy Keras switch before TensorFlow loads)
 from beam_pipelines import common
 from beam_pipelines import pseudo_label
+from beam_pipelines import run_dir
 from beam_pipelines import shards
+from must import cli
 from must import schema as schema_lib
 from must import visualize
 
@@ -169,12 +171,13 @@ class Inspect(beam.PTransform):
      statistics, 'report': the report as JSON text}.
   """
 
-  def __init__(self, config: Mapping[str, Any]):
+  def __init__(self, config: Mapping[str, Any], write_dir: str = ""):
     super().__init__()
     self.config = dict(config)
+    self.write_dir = write_dir or self.config["output_dir"]  # `run`: its staging dir
 
   def expand(self, pbegin):
-    config, output_dir = self.config, self.config["output_dir"]
+    config, output_dir = self.config, self.write_dir
     read = pbegin | "ReadShards" >> shards.ReadLabeledShards(
         config["input_pattern"], config["task_params"])
     examples = read["examples"]
@@ -212,14 +215,22 @@ class Inspect(beam.PTransform):
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  """Builds and runs the inspection; returns its report read back from disk."""
-  options = common.make_options(InspectOptions, argv)
-  config = run_config(options)
-  common.run_pipeline(options, lambda p: p | "Inspect" >> Inspect(config), _NAMESPACE)
-  return json.loads(common.read_text(common.join(config["output_dir"], REPORT_FILE)))
+  """Checks the flags and input, runs the inspection into its own output dir
+  (`run_dir.RunDir`) and returns its published report."""
+  options, config = common.configure(InspectOptions, argv, run_config)
+  common.require_files(config["input_pattern"])
+  with run_dir.RunDir(config["output_dir"], options.view_as(InspectOptions).overwrite,
+                      config["input_pattern"]) as out:
+    common.run_pipeline(options, lambda p: p | "Inspect" >> Inspect(config, out.staging),
+                        _NAMESPACE)
+    return out.publish(REPORT_FILE)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+  cli.run_main("beam_pipelines.inspect_labels", _main, argv)
+
+
+def _main(argv: Sequence[str]) -> None:
   logging.getLogger().setLevel(logging.INFO)
   report = run(argv)
   print(json.dumps({"counts": report["counts"], "sampled_ids": report["sampled_ids"]},

@@ -31,6 +31,8 @@ labelled composite transform, with the image id as the key throughout:
                   config and the teacher versions
 
 Images in = examples out + dead letters, and the summary says whether it holds.
+The run owns its output dir (`run_dir`: a lock, `--overwrite`, files published
+when complete, the summary listing them).
 
 The teachers config (YAML):
 
@@ -59,6 +61,8 @@ import must  # noqa: F401  (legacy Keras switch before TensorFlow loads)
 from beam_pipelines import common
 from beam_pipelines import decode
 from beam_pipelines import inference
+from beam_pipelines import run_dir
+from must import cli
 from must import configs
 from must import schema as schema_lib
 from must import serving
@@ -398,19 +402,22 @@ class PseudoLabel(beam.PTransform):
     config: a resolved config (`resolve_config`) plus the run's options under
       'options' (input pattern and format, output dir, shards, ...).
     loader: path -> teacher, for tests (default `must.serving.load`).
+    write_dir: where the outputs go (default the output dir; `run` gives its
+      run dir's staging dir).
 
   Returns:
     {'records', 'dead_letters', 'summary'} PCollections (the summary as JSON
-    text), after they are written under `config['options']['output_dir']`.
+    text), after they are written under `write_dir`.
   """
 
-  def __init__(self, config: Mapping[str, Any], loader=None):
+  def __init__(self, config: Mapping[str, Any], loader=None, write_dir: str = ""):
     super().__init__()
     self.config, self.loader = dict(config), loader
+    self.write_dir = write_dir or self.config["options"]["output_dir"]
 
   def expand(self, pbegin):
     options = self.config["options"]
-    output_dir = options["output_dir"]
+    output_dir = self.write_dir
     read = pbegin | "ReadCorpus" >> ReadCorpus(
         options["input_pattern"], options["input_format"], options["max_pixels"])
     specs = [inference.TeacherSpec(t["task"], t["path"], t["batch_size"])
@@ -458,21 +465,35 @@ def run_config(options: PseudoLabelOptions) -> dict:
 
 
 def run(argv: Sequence[str] | None = None, loader=None) -> dict:
-  """Builds and runs the pipeline; returns the summary read back from disk."""
-  options = common.make_options(PseudoLabelOptions, argv)
-  config = run_config(options)
-  common.run_pipeline(options, lambda p: p | "PseudoLabel" >> PseudoLabel(config, loader),
-                      _NAMESPACE)
-  summary_path = common.join(config["options"]["output_dir"], SUMMARY_FILE)
-  return json.loads(common.read_text(summary_path))
+  """Checks the flags and input, runs the pipeline into its own output dir
+  (`run_dir.RunDir`) and returns the published summary.
+
+  Raises:
+    cli.UserError: a bad flag or config value, input matching no file, or an
+      output dir that is locked or holds another run's output.
+  """
+  options, config = common.configure(PseudoLabelOptions, argv, run_config)
+  common.require_files(config["options"]["input_pattern"])
+  with run_dir.RunDir(config["options"]["output_dir"],
+                      options.view_as(PseudoLabelOptions).overwrite,
+                      config["options"]["input_pattern"]) as out:
+    common.run_pipeline(
+        options, lambda p: p | "PseudoLabel" >> PseudoLabel(config, loader, out.staging),
+        _NAMESPACE)
+    return out.publish(SUMMARY_FILE)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _main(argv: Sequence[str]) -> None:
   logging.getLogger().setLevel(logging.INFO)
   summary = run(argv)
   print(json.dumps(summary["counts"], indent=2))
   if not summary["counts"]["balanced"]:
-    raise SystemExit("counts do not balance: images in != examples out + dead letters")
+    raise cli.JobFailed("counts do not balance: images in != examples out + dead letters "
+                        f"({summary['counts']})")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  cli.run_main("beam_pipelines.pseudo_label", _main, argv)
 
 
 if __name__ == "__main__":

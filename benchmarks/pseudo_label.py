@@ -105,7 +105,7 @@ def beam_run(pattern: str, config_path: str, output_dir: str, mode: str) -> floa
   summary = pseudo_label.run([
       "--runner=DirectRunner", f"--input_pattern={pattern}",
       f"--teachers_config={config_path}", f"--output_dir={output_dir}",
-      f"--inference_mode={mode}"])
+      f"--inference_mode={mode}", "--overwrite"])  # a reused --work_dir
   seconds = time.perf_counter() - start
   if not summary["counts"]["balanced"]:
     raise RuntimeError(f"counts do not balance: {summary['counts']}")

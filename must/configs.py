@@ -95,6 +95,11 @@ def _check_types(config: hyperparams.Config, where: str, prefix: str = "") -> No
     if isinstance(value, hyperparams.Config):
       _check_types(value, where, key + ".")
       continue
+    if isinstance(value, (list, tuple)):
+      for i, item in enumerate(value):
+        if isinstance(item, hyperparams.Config):
+          _check_types(item, where, f"{key}[{i}].")
+      continue
     expected = hints.get(field.name)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
       setattr(config, field.name, float(value))

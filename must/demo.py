@@ -51,9 +51,9 @@ from typing import Callable, List, Optional
 
 import yaml
 
-from absl import app
 from absl import flags
 
+from must import cli
 from must import configs
 from must import report
 from must import tasks as must_tasks
@@ -154,21 +154,23 @@ def run_binaries(runs: dict[str, list[str]], jobs: int = 1, commands_file: str =
     with open(commands_file, "a") as f:
       f.writelines(f"python -m {shlex.join(args)}  # {name}\n" for name, args in runs.items())
 
-  def run_one(name: str, args: list[str]) -> int:
+  def run_one(name: str, args: list[str]) -> tuple[int, str]:
     command = [sys.executable, "-m", *args]
     print(f"[{name}] $ {shlex.join(command)}", flush=True)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, bufsize=1,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # live progress
+    last = ""
     for line in process.stdout:
       print(f"[{name}] {line}", end="", flush=True)
-    return process.wait()
+      last = line.strip() or last
+    return process.wait(), last
 
   with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-    codes = dict(zip(runs, pool.map(run_one, runs, runs.values())))
-  failed = [f"{name} (exit {code})" for name, code in codes.items() if code]
+    results = dict(zip(runs, pool.map(run_one, runs, runs.values())))
+  failed = [f"{name} (exit {code}: {last})" for name, (code, last) in results.items() if code]
   if failed:
-    raise RuntimeError(f"failed: {', '.join(failed)}; the output above says why")
+    raise cli.JobFailed(f"failed: {'; '.join(failed)}")
 
 
 def _merged(base: dict, override: dict) -> dict:
@@ -358,8 +360,7 @@ def _run_pseudo_label(ctx: Context) -> dict:
   settings = ctx.config("pseudo_label.yaml")
   exports = ctx.summary("teachers")["exports"]
   stage_dir = ctx.path("pseudo_label")
-  os.makedirs(stage_dir, exist_ok=True)
-  teachers_config = os.path.join(stage_dir, "teachers.yaml")
+  teachers_config = ctx.path("pseudo_label.teachers.yaml")  # the stage dir is the job's own
   with open(teachers_config, "w") as f:
     yaml.safe_dump({
         "teachers": [{"task": task, "path": path, "batch_size": settings.get("batch_size", 16)}
@@ -369,9 +370,15 @@ def _run_pseudo_label(ctx: Context) -> dict:
   ctx.run({"pseudo_label": [
       "beam_pipelines.pseudo_label", "--runner=DirectRunner",
       f"--input_pattern={ctx.world['splits']['corpus']['pattern']}",
-      f"--teachers_config={teachers_config}", f"--output_dir={stage_dir}"]})
-  with open(os.path.join(stage_dir, "summary.json")) as f:
+      f"--teachers_config={teachers_config}", f"--output_dir={stage_dir}", "--overwrite"]})
+  summary_path = os.path.join(stage_dir, "summary.json")
+  with open(summary_path) as f:
     summary = json.load(f)
+  counts = summary["counts"]
+  if not counts["balanced"] or not counts["examples_out"]:
+    raise cli.JobFailed(f"pseudo_label: {summary_path}: {counts['examples_out']} examples out "
+                        f"of {counts['images_in']} images (balanced: {counts['balanced']}); "
+                        f"dead letter reasons: {summary['dead_letter_reasons']}")
   return {"counts": summary["counts"],
           "shards": os.path.join(stage_dir, "pseudo_labeled-*.tfrecord")}
 
@@ -504,7 +511,8 @@ def _run_report(ctx: Context) -> dict:
   ctx.run({"inspect_labels": [
       "beam_pipelines.inspect_labels", "--runner=DirectRunner",
       f"--input_pattern={first.summary('pseudo_label')['shards']}",
-      f"--output_dir={os.path.join(report_dir, 'pseudo_labels')}", "--num_images=8"]})
+      f"--output_dir={os.path.join(report_dir, 'pseudo_labels')}", "--num_images=8",
+      "--overwrite"]})
   summaries = {seed: {stage: seed_ctx.summary(stage) for stage, _ in SEED_STAGES}
                for seed, seed_ctx in by_seed.items()}
   timings = timing_records(ctx)
@@ -707,11 +715,13 @@ def main(argv):
   try:
     seeds = [int(seed) for seed in _SEEDS.value] if _SEEDS.value else None
   except ValueError:
-    sys.exit(f"must.demo: --seeds must be integers separated by commas, got {_SEEDS.value}")
-  try:
-    results = run(_CONFIG_DIR.value, _OUTPUT_DIR.value, _FORCE.value, _JOBS.value, seeds)
-  except configs.ConfigError as e:
-    sys.exit(f"must.demo: {e}")
+    raise cli.UserError(f"--seeds must be integers separated by commas, got {_SEEDS.value}"
+                        ) from None
+  for flag in (_OUTPUT_DIR, _CONFIG_DIR):
+    if "://" in flag.value:
+      raise cli.UserError(f"--{flag.name} {flag.value}: the demo runs on local paths only "
+                          "(run the binaries themselves for gs:// paths)")
+  results = run(_CONFIG_DIR.value, _OUTPUT_DIR.value, _FORCE.value, _JOBS.value, seeds)
   print(f"\n{'stage':<24}{'status':<40}{'seconds':>8}")
   for stage, result in results.items():
     print(f"{stage:<24}{result['status']:<40}{result.get('seconds', ''):>8}")
@@ -720,7 +730,7 @@ def main(argv):
 
 
 def run_cli():
-  app.run(main)
+  cli.run_absl(main)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
 import tf_keras
+from must import cli
 from must import configs
 from official.common import distribute_utils
 from official.common import flags as tfm_flags
@@ -87,7 +88,7 @@ def run_binary(main) -> None:
   required), then absl runs `main`."""
   define_flags()
   flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
-  app.run(main)
+  cli.run_absl(main)
 
 
 def train_from_flags(params) -> None:

@@ -8,9 +8,9 @@ Writes `eval_metrics.json` next to each exported teacher and prints a table.
 import json
 import os
 
-from absl import app
 from absl import flags
 
+from must import cli
 from must import evaluate
 from must import serving
 from must.world import writer
@@ -45,7 +45,7 @@ def main(argv):
 
 
 def run_cli():
-  app.run(main)
+  cli.run_absl(main)
 
 
 if __name__ == "__main__":

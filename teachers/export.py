@@ -32,6 +32,7 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
+from must import cli
 from must import configs
 from must import serving
 import teachers
@@ -170,7 +171,7 @@ def main(argv):
 
 
 def run_cli():
-  app.run(main)
+  cli.run_absl(main)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,11 @@ import dataclasses
 import json
 import os
 
-from absl import app
 from absl import flags
 import tensorflow as tf
 
 import must.student  # noqa: F401  (registers the student task and experiment)
+from must import cli
 from must import configs
 from must import serving
 from must.student import config as student_config
@@ -114,7 +114,7 @@ def define_flags() -> None:
 
 def run_cli():
   define_flags()
-  app.run(main)
+  cli.run_absl(main)
 
 
 if __name__ == "__main__":

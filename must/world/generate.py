@@ -7,9 +7,9 @@ See `must.world.writer` for what is written where.
 """
 import json
 
-from absl import app
 from absl import flags
 
+from must import cli
 from must import configs
 from must.world import writer
 
@@ -29,7 +29,7 @@ def main(argv):
 
 
 def run_cli():
-  app.run(main)
+  cli.run_absl(main)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from beam_pipelines import export
 from beam_pipelines import shards
+from must import cli
 from must import configs
 from must import image_codec
 from must import schema as schema_lib
@@ -425,3 +426,30 @@ def test_bad_options_are_named(hand, tmp_path):
   with pytest.raises(ValueError, match="neither"):
     _export_config(hand, str(tmp_path), f"--metadata={tmp_path}/other.json")
   assert shards.default_metadata_path("gs://b/run/*/x-*") == ""
+
+
+# -- The binary's output dir and input -------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_rerun_into_a_used_dir_leaves_none_of_the_previous_runs_files(labeled, tmp_path):
+  flags = ["--runner=DirectRunner", f"--input_pattern={labeled}/pseudo_labeled-*.tfrecord",
+           f"--output_dir={tmp_path}", "--num_shards=1"]
+  export.run(flags)
+  tasks = sorted(labeled_shards.TASK_PARAMS)
+  assert all(os.path.isdir(tmp_path / export.TFRECORDS / t) for t in tasks)
+  with pytest.raises(cli.UserError, match="holds another run's output"):
+    export.run([*flags, f"--tasks={tasks[0]}"])
+  summary = export.run([*flags, f"--tasks={tasks[0]}", "--overwrite"])
+  written = sorted(os.path.relpath(p, tmp_path) for p in glob.glob(
+      str(tmp_path / "**"), recursive=True) if os.path.isfile(p))
+  assert written == sorted([*summary["files"], export.SUMMARY_FILE])
+  assert os.listdir(tmp_path / export.TFRECORDS) == [tasks[0]]
+  assert not any(t in f for f in summary["files"] for t in tasks[1:])
+
+
+def test_shards_matching_no_file_stop_before_any_work(labeled, tmp_path):
+  with pytest.raises(cli.UserError, match="--input_pattern .*: matches no file"):
+    export.run(["--runner=DirectRunner", f"--input_pattern={labeled}/nothing-*.tfrecord",
+                f"--metadata={labeled}/summary.json", f"--output_dir={tmp_path / 'out'}"])
+  assert not (tmp_path / "out").exists()

@@ -18,7 +18,9 @@ from beam_pipelines import common
 from beam_pipelines import export
 from beam_pipelines import inspect_labels
 from beam_pipelines import pseudo_label
+from beam_pipelines import run_dir
 from beam_pipelines import shards
+from must import cli
 from must import schema as schema_lib
 from must import visualize
 from must.tasks import classification
@@ -223,3 +225,14 @@ def test_bad_options_are_named(corpus, tmp_path):
     _run(corpus, str(tmp_path), "--min_score=0.8", "--max_score=0.5")
   with pytest.raises(ValueError, match="unknown class"):
     _run(corpus, str(tmp_path), "--classes=unicorn")
+
+
+def test_a_second_run_into_a_locked_dir_refuses_at_once(corpus, tmp_path):
+  with run_dir.RunDir(str(tmp_path)) as running:
+    with pytest.raises(cli.UserError, match=f"locked by .*held by run {running.run_id}"):
+      _run(corpus, str(tmp_path), "--overwrite")
+  report = _run(corpus, str(tmp_path), "--num_images=2")
+  assert sorted(report["files"]) == sorted([inspect_labels.CONTACT_SHEET_FILE,
+                                            inspect_labels.DEAD_LETTERS_FILE,
+                                            inspect_labels.LABEL_STATS_FILE])
+  assert sorted(os.listdir(tmp_path)) == sorted([*report["files"], inspect_labels.REPORT_FILE])

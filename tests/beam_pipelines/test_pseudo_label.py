@@ -4,6 +4,7 @@ import glob
 import io
 import json
 import os
+import re
 
 import apache_beam as beam
 from apache_beam.options import pipeline_options
@@ -13,8 +14,12 @@ import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
+import yaml
 
+from beam_pipelines import common
 from beam_pipelines import pseudo_label
+from must import cli
+from must import configs
 from must import schema as schema_lib
 from must.tasks import segmentation
 from official.vision.dataloaders import classification_input
@@ -234,3 +239,72 @@ def test_ground_truth_overrides_pseudo_labels(tmp_path, tiny_world):
   summary = _summary(config)
   assert summary["counts"]["balanced"] and summary["counts"]["images_in"] == len(inputs)
   assert sum(t["ground_truth"] for t in summary["tasks"].values()) == kept
+
+
+# -- The binary: flags, input and output dir ------------------------------------
+
+
+def _teachers_yaml(tmp_path, batch_size=2) -> str:
+  teachers = fake_teachers.write(str(tmp_path / "teachers"))
+  path = tmp_path / "teachers.yaml"
+  path.write_text(yaml.safe_dump({"teachers": [
+      {"task": t, "path": p, "batch_size": batch_size} for t, p in teachers.items()]}))
+  return str(path)
+
+
+def _flags(tmp_path, pattern, *extra):
+  return ["--runner=DirectRunner", f"--input_pattern={pattern}",
+          f"--teachers_config={_teachers_yaml(tmp_path)}", f"--output_dir={tmp_path / 'out'}",
+          *extra]
+
+
+def test_a_rerun_with_another_shard_count_replaces_the_old_shards(tmp_path):
+  pattern = _corpus(tmp_path / "corpus")
+  out = tmp_path / "out"
+  first = pseudo_label.run(_flags(tmp_path, pattern, "--num_shards=3"), fake_teachers.load)
+  assert len(glob.glob(str(out / "pseudo_labeled-*-of-00003.tfrecord"))) == 3
+  with pytest.raises(cli.UserError, match="holds another run's output.*--overwrite"):
+    pseudo_label.run(_flags(tmp_path, pattern, "--num_shards=2"), fake_teachers.load)
+  again = pseudo_label.run(_flags(tmp_path, pattern, "--num_shards=2", "--overwrite"),
+                           fake_teachers.load)
+  shards = sorted(os.path.basename(p) for p in glob.glob(str(out / "pseudo_labeled-*.tfrecord")))
+  assert shards == [f"pseudo_labeled-0000{i}-of-00002.tfrecord" for i in range(2)]
+  assert again["files"] == sorted(["dead_letters.jsonl", *shards])
+  assert len(_read_records(str(out))) == again["counts"]["examples_out"] == \
+      first["counts"]["examples_out"]
+  assert sorted(os.listdir(out)) == sorted(["dead_letters.jsonl", "summary.json", *shards])
+
+
+@pytest.mark.parametrize("pattern", ["corpus/*.jpg", "no_such_dir/image.png"])
+def test_input_matching_no_file_stops_before_any_work(tmp_path, pattern):
+  (tmp_path / "corpus").mkdir()
+  with pytest.raises(cli.UserError, match=f"--input_pattern .*{re.escape(pattern)}: matches no file"):
+    pseudo_label.run(_flags(tmp_path, str(tmp_path / pattern)), fake_teachers.load)
+  assert not (tmp_path / "out").exists()
+
+
+def test_unknown_flags_stop_and_beams_own_options_pass(tmp_path):
+  for typo in ("--max_pixel=5", "--min_scor=0.3"):
+    with pytest.raises(cli.UserError, match=f"unknown flags.*{typo}"):
+      common.make_options(pseudo_label.PseudoLabelOptions, ["--input_pattern=x", typo])
+  options = common.make_options(pseudo_label.PseudoLabelOptions, [
+      "--runner=DirectRunner", "--direct_num_workers=2", "--temp_location=/tmp/t",
+      "--direct_running_mode=multi_processing", "--max_pixels=5"])
+  assert options.view_as(pseudo_label.PseudoLabelOptions).max_pixels == 5
+
+
+def test_a_bad_batch_size_is_named_with_its_file_and_key(tmp_path):
+  path = tmp_path / "teachers.yaml"
+  path.write_text(yaml.safe_dump({"teachers": [
+      {"task": "depth", "path": "x", "batch_size": "big"}]}))
+  with pytest.raises(configs.ConfigError,
+                     match=f"{path}: teachers\\[0\\].batch_size must be int, got 'big'"):
+    pseudo_label.load_config(str(path))
+
+
+def test_main_gives_one_line_and_exit_code_2_for_a_user_error(tmp_path, capsys):
+  with pytest.raises(SystemExit) as stopped:
+    pseudo_label.main(_flags(tmp_path, str(tmp_path / "none/*.png")))
+  assert stopped.value.code == cli.USER_ERROR
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("beam_pipelines.pseudo_label: error: --input_pattern")

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from must import cli
 from must import configs
 from must import demo
 from must import evaluate
@@ -243,8 +244,9 @@ def test_a_failing_run_is_named_after_the_others_finish(tmp_path, capsys):
           "succeeds": ["zipfile", "-c", str(marker), __file__]}
   try:
     demo.run_binaries(runs, jobs=2)
-  except RuntimeError as e:
-    assert "fails (exit 1)" in str(e) and "succeeds" not in str(e)
+  except cli.JobFailed as e:  # named with its exit code and its last line (why)
+    assert "fails (exit 1: " in str(e) and "No module named must.no_such_binary" in str(e)
+    assert "succeeds" not in str(e)
   else:
     raise AssertionError("a failing binary did not stop the stage")
   assert marker.exists()  # the other run went on to the end
@@ -286,3 +288,25 @@ def test_teachers_train_in_waves_after_the_teacher_they_start_from():
   with pytest.raises(configs.ConfigError, match="circle"):
     demo.teacher_waves({"detection": {"backbone_from": "segmentation"},
                         "segmentation": {"backbone_from": "detection"}})
+
+
+def test_a_labeling_job_without_examples_is_not_marked_done(tmp_path, monkeypatch):
+  ctx = demo.Context(str(REPO / "configs/demo"), str(tmp_path), stage="pseudo_label", seed=0)
+  ctx.__dict__["world"] = {"splits": {"corpus": {"pattern": str(tmp_path / "corpus/*")}}}
+  os.makedirs(ctx.root)
+  with open(ctx.path("teachers.done.json"), "w") as f:
+    json.dump({"exports": {"depth": str(tmp_path / "teacher")}}, f)
+
+  def labeling_that_fails_every_image(runs, jobs=1, commands_file=""):
+    (_, args), = runs.items()
+    assert "--overwrite" in args  # the stage's dir is the job's own
+    output_dir = next(a.partition("=")[2] for a in args if a.startswith("--output_dir="))
+    os.makedirs(output_dir)
+    with open(os.path.join(output_dir, "summary.json"), "w") as f:
+      json.dump({"counts": {"images_in": 4, "examples_out": 0, "dead_letters": 4,
+                            "balanced": True},
+                 "dead_letter_reasons": {"labeling_failed": 4}}, f)
+  monkeypatch.setattr(demo, "run_binaries", labeling_that_fails_every_image)
+  with pytest.raises(cli.JobFailed, match="0 examples out of 4 images.*labeling_failed"):
+    demo._run_stage(ctx, demo._run_pseudo_label, "digest", force=False)
+  assert not os.path.exists(ctx.path("pseudo_label.done.json"))

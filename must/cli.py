@@ -1,0 +1,84 @@
+"""The one error rule of every binary and pipeline of the project.
+
+Exit codes:
+  0  the job did what was asked;
+  1  an internal error (a bug, or the runner failed): the traceback is shown;
+  2  a user error (a bad flag, config value, input or output dir), found before
+     any work: one line naming the file, key or flag and what was expected;
+  3  the job ran but did not do what was asked (e.g. counts that do not
+     balance, a stage whose job failed): one line saying what and where.
+
+`--verbose` shows the traceback of user errors and failed jobs too. absl
+binaries start through `run_absl`, the Beam pipelines through `run_main`.
+"""
+import sys
+import traceback
+from typing import Callable, NoReturn, Sequence
+
+from absl import app
+from absl import flags
+
+from must import configs
+
+USER_ERROR, JOB_FAILED = 2, 3
+VERBOSE_FLAG = "--verbose"
+
+
+class UserError(ValueError):
+  """A bad flag, config value, input or output: says what and where."""
+
+
+class JobFailed(RuntimeError):
+  """A job that ran but did not do what was asked: says what and where."""
+
+
+USER_ERRORS = (UserError, configs.ConfigError, app.UsageError, flags.Error)
+
+
+def _stop(prog: str, error: BaseException, code: int, verbose: bool) -> NoReturn:
+  if verbose:
+    traceback.print_exception(error)
+  message = " ".join(str(error).split()) or type(error).__name__
+  print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def call(prog: str, main: Callable[[], object], verbose: bool = False):
+  """Runs `main()` under the rule: a user error exits 2, a failed job 3, each
+  with one line on stderr; anything else propagates (exit 1, traceback)."""
+  try:
+    return main()
+  except USER_ERRORS as e:
+    _stop(prog, e, USER_ERROR, verbose)
+  except JobFailed as e:
+    _stop(prog, e, JOB_FAILED, verbose)
+
+
+def program_name() -> str:
+  """The running module (`python -m NAME`) or script name."""
+  spec = getattr(sys.modules["__main__"], "__spec__", None)
+  return spec.name if spec else sys.argv[0].rpartition("/")[2]
+
+
+def run_main(prog: str, main: Callable[[list[str]], object],
+             argv: Sequence[str] | None = None):
+  """An argparse/Beam entry point: `main(argv without --verbose)` under the rule."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  verbose = VERBOSE_FLAG in argv
+  return call(prog, lambda: main([a for a in argv if a != VERBOSE_FLAG]), verbose)
+
+
+def run_absl(main: Callable[[list[str]], object]) -> None:
+  """An absl binary's entry point: flags parsed (unknown or bad ones are user
+  errors), then `main(argv)` under the rule."""
+  if "verbose" not in flags.FLAGS:
+    flags.DEFINE_bool("verbose", False, "Show the traceback of user errors too.")
+  prog = program_name()
+
+  def parse(argv: list[str]) -> list[str]:
+    return call(prog, lambda: flags.FLAGS(argv), VERBOSE_FLAG in argv)
+
+  def checked_main(argv: list[str]):
+    return call(prog, lambda: main(argv), flags.FLAGS.verbose)
+
+  app.run(checked_main, flags_parser=parse)
