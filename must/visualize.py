@@ -35,15 +35,10 @@ def upscale(image: np.ndarray, factor: int) -> np.ndarray:
   return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
-def colorize_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
-  """Class-id map [H, W] -> RGB."""
-  return palette(num_classes)[mask]
-
-
 def overlay_mask(image: np.ndarray, mask: np.ndarray, num_classes: int,
                  alpha: float = 0.55) -> np.ndarray:
   """Blends the class colours over the image where the class is not background."""
-  colors = colorize_mask(mask, num_classes).astype(np.float32)
+  colors = palette(num_classes)[mask].astype(np.float32)
   blend = np.where((mask > 0)[..., None], alpha, 0.0)
   return np.round(image * (1 - blend) + colors * blend).astype(np.uint8)
 
@@ -122,22 +117,13 @@ def caption(panel: np.ndarray, text: str, height: int = 14) -> np.ndarray:
 
 def grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 4) -> np.ndarray:
   """Lays panels out in rows on a white sheet; panels may differ in size."""
-  row_images = []
-  for row in rows:
-    height = max(p.shape[0] for p in row)
-    cells = []
-    for panel in row:
-      cell = np.full([height + pad, panel.shape[1] + pad, 3], 255, np.uint8)
-      cell[:panel.shape[0], :panel.shape[1]] = panel
-      cells.append(cell)
-    row_images.append(np.concatenate(cells, axis=1))
+  def padded(panel, height, width):
+    return np.pad(panel, [(0, height - panel.shape[0]), (0, width - panel.shape[1]), (0, 0)],
+                  constant_values=255)
+  row_images = [np.concatenate([padded(p, max(q.shape[0] for q in row) + pad, p.shape[1] + pad)
+                                for p in row], axis=1) for row in rows]
   width = max(r.shape[1] for r in row_images)
-  sheet = np.full([sum(r.shape[0] for r in row_images), width, 3], 255, np.uint8)
-  y = 0
-  for r in row_images:
-    sheet[y:y + r.shape[0], :r.shape[1]] = r
-    y += r.shape[0]
-  return sheet
+  return np.concatenate([padded(r, r.shape[0], width) for r in row_images])
 
 
 def labels_panels(image: np.ndarray, labels: Mapping[str, Any], tasks: Mapping[str, Any],
@@ -184,11 +170,6 @@ def _bars(axes, labels: Sequence[str], values: Sequence[float], title: str, colo
   axes.set_title(title, fontsize=9)
 
 
-def _class_axis(histogram: Mapping[str, int], names: Sequence[str]):
-  ids = sorted(histogram, key=int)
-  return [names[int(i)] if int(i) < len(names) else i for i in ids], [histogram[i] for i in ids]
-
-
 def label_stats_panels(task_stats: Mapping[str, Mapping[str, Any]],
                        names: Sequence[str]) -> list[tuple[str, list[str], list[float]]]:
   """The plots of a run's label statistics: (title, bar labels, bar heights) each.
@@ -200,26 +181,30 @@ def label_stats_panels(task_stats: Mapping[str, Mapping[str, Any]],
       by their keys, with no task names.
     names: category names by id.
   """
+  def by_id(histogram, labels=lambda i: i):  # {id: count} sorted by id
+    ids = sorted(histogram, key=int)
+    return [labels(i) for i in ids], [histogram[i] for i in ids]
+
+  def binned(counts):  # counts of equal bins over [0, 1]
+    return [f"{i / len(counts):.1f}" for i in range(len(counts))], list(counts)
+
+  def name(i):
+    return names[int(i)] if int(i) < len(names) else i
+
   plots = []
   for task, t in sorted(task_stats.items()):
     if t.get("class_histogram"):
       unit = "boxes" if "boxes" in t else "labeled pixels" if "pixels" in t else "images (top-1)"
-      plots.append((f"{task}: {unit} per class", *_class_axis(t["class_histogram"], names)))
+      plots.append((f"{task}: {unit} per class", *by_id(t["class_histogram"], name)))
     if t.get("score_histogram"):
-      bins = len(t["score_histogram"])
-      plots.append((f"{task}: scores", [f"{i / bins:.1f}" for i in range(bins)],
-                    list(t["score_histogram"])))
+      plots.append((f"{task}: scores", *binned(t["score_histogram"])))
     if t.get("boxes_per_image_histogram"):
-      hist = t["boxes_per_image_histogram"]
-      ids = sorted(hist, key=int)
       plots.append((f"{task}: boxes per image ({t.get('boxes_per_image', 0):.1f} mean)",
-                    ids, [hist[i] for i in ids]))
+                    *by_id(t["boxes_per_image_histogram"])))
     if t.get("ignored_fraction_histogram"):
-      bins = len(t["ignored_fraction_histogram"])
       plots.append((f"{task}: ignored-pixel fraction per image "
                     f"({t.get('ignored_pixel_fraction', 0):.2f} overall)",
-                    [f"{i / bins:.1f}" for i in range(bins)],
-                    list(t["ignored_fraction_histogram"])))
+                    *binned(t["ignored_fraction_histogram"])))
   return plots
 
 
