@@ -1,31 +1,18 @@
 """The depth teacher: a Model Garden task and experiment for monocular depth.
 
-Model Garden has no depth task, so this module registers one in its style:
-typed configs (`DepthTaskConfig`), a `base_task.Task` registered with the task
-factory, and the `must_depth_teacher` experiment registered with the
-experiment factory, so `train_lib.run_experiment` trains it like a stock task.
+Model Garden has no depth task, so this module registers one in its style
+(typed configs, a `base_task.Task` and the `must_depth_teacher` experiment in
+their factories), so `train_lib.run_experiment` trains it like a stock task.
 
-The network is built from Model Garden blocks only: a backbone (ResNet by
-default), a decoder (FPN by default) and a `SegmentationHead` with one output
-channel that fuses the pyramid levels at `head.level`, inside a
-`SegmentationModel`. Its output is relative inverse depth (MiDaS style: valid
-up to an unknown scale and shift), upsampled to the input size.
-
-Training uses the scale-and-shift-invariant loss of MiDaS (Ranftl et al.,
-"Towards Robust Monocular Depth Estimation", TPAMI 2020): per image, the
-least-squares scale and shift that align the prediction to the target inverse
-depth are solved in closed form, and the mean squared error of the aligned
-prediction is the loss (plus an optional multi-scale gradient matching term).
-Evaluation scores the raw decoded eval labels with the depth task's metric
-(`must.tasks.depth.DepthMetrics`, through `must.evaluate`): the numbers
-`teachers.evaluate` and the report give the same checkpoint.
-
-Targets come from records in the MuST schema (`must.schema`): metric depth
-(`kind == b"metric"`, the world's ground truth) becomes inverse depth 1/d;
-relative inverse depth (a teacher's pseudo label) is used as it is.
-
-The export hook (`TASK`, `EXPERIMENT`, `TASK_CONFIG`, `serve`) has the
-interface every teacher module shares.
+The network is Model Garden blocks only: a backbone, a decoder and a
+one-channel `SegmentationHead` in a `SegmentationModel`. It predicts relative
+inverse depth (MiDaS style: valid up to scale and shift), trained with the
+depth task's scale-and-shift-invariant loss (`must.tasks.depth`) and scored on
+the raw eval labels with its metric through `must.evaluate`, as
+`teachers.evaluate` and the report score it. Metric depth targets (the world's
+ground truth) become 1/d; relative inverse depth (a pseudo label) is used as
+it is. `TASK`, `EXPERIMENT`, `TASK_CONFIG` and `serve` are the teacher
+interface (`teachers/__init__.py`).
 """
 import dataclasses
 from typing import Any, List, Mapping, Optional, Sequence, Union
@@ -39,7 +26,7 @@ from must import configs
 from must import evaluate
 from must import schema as schema_lib
 from must.tasks import depth as depth_task
-from must.tasks import heads
+from must.tasks import heads as heads_lib
 from official.common import dataset_fn as dataset_fn_lib
 from official.core import base_task
 from official.core import config_definitions as cfg
@@ -208,9 +195,6 @@ def outputs_to_inverse_depth(outputs: Union[Mapping[str, tf.Tensor], tf.Tensor],
   return logits[..., 0]
 
 
-normalize_images = heads.normalize_images
-
-
 # -- Input ---------------------------------------------------------------------
 
 
@@ -233,7 +217,7 @@ class Parser(parser_lib.Parser):
     label = data[TASK]
     inverse, valid = depth_task.target_inverse_depth(label)
     metric = tf.equal(label["kind"], METRIC_KIND)
-    image = tf.image.resize(normalize_images(data["image"]), self._output_size,
+    image = tf.image.resize(heads_lib.normalize_images(data["image"]), self._output_size,
                             method="bilinear")
     dense = tf.stack([inverse, tf.cast(valid, tf.float32)], axis=0)[..., None]
     dense = tf.image.resize(dense, self._output_size, method="nearest")[..., 0]
@@ -378,8 +362,7 @@ def must_depth_teacher() -> cfg.ExperimentConfig:
               input_size=[height, width, 3],
               min_level=2,
               max_level=5,
-              backbone=backbones.Backbone(
-                  type="resnet", resnet=backbones.ResNet(model_id=18, depth_multiplier=0.25)),
+              backbone=configs.small_resnet(depth_multiplier=0.25),
               decoder=decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=64)),
               # Panoptic FPN fusion (group-normalized convs per level) costs
               # about 3x the step time on CPU for no gain at this size.
@@ -409,10 +392,7 @@ def must_depth_teacher() -> cfg.ExperimentConfig:
                   "initial_learning_rate": 1e-2, "decay_steps": train_steps}},
               "warmup": {"type": "linear", "linear": {"warmup_steps": 100}},
           })),
-      restrictions=[
-          "task.train_data.is_training != None",
-          "task.validation_data.is_training != None",
-      ])
+      restrictions=teachers_common.RESTRICTIONS)
 
 
 TINY_EXPERIMENT = configs.register_tiny(EXPERIMENT)
@@ -435,6 +415,6 @@ def serve(model: tf_keras.Model, images: tf.Tensor, params: cfg.ExperimentConfig
     {'depth': float32 [B, H, W] relative inverse depth (valid up to scale and
     shift; larger is nearer)}.
   """
-  inputs = tf.cast(normalize_images(images), params.task.validation_data.dtype)
+  inputs = tf.cast(heads_lib.normalize_images(images), params.task.validation_data.dtype)
   outputs = model(inputs, training=False)
   return {depth_task.OUTPUT: outputs_to_inverse_depth(outputs, tf.shape(images)[1:3])}

@@ -14,6 +14,7 @@ import yaml
 
 from must import schema as schema_lib
 from must.tasks import depth as depth_task
+from must.tasks import heads
 from must.tasks.depth import DepthLabel
 from official.core import exp_factory
 from official.core import task_factory
@@ -191,7 +192,7 @@ def test_input_pipeline_reads_the_world_with_inverse_depth_targets(world):
   ok = decoded["depth"]["valid"].numpy()
   np.testing.assert_array_equal(labels["valid"][0].numpy(), ok)
   np.testing.assert_allclose(labels["target"][0].numpy()[ok], 1.0 / metric_depth[ok], rtol=1e-6)
-  np.testing.assert_allclose(images[0], depth.normalize_images(decoded["image"]), atol=1e-6)
+  np.testing.assert_allclose(images[0], heads.normalize_images(decoded["image"]), atol=1e-6)
   assert abs(float(tf.reduce_mean(images))) < 2.0  # normalized, not 0..255
 
 
@@ -255,7 +256,7 @@ def test_a_few_training_steps_checkpoint_evaluate_and_serve(world, tmp_path):
   assert set(outputs) == {"depth"}
   assert outputs["depth"].shape == (2, 32, 32) and outputs["depth"].dtype == tf.float32
   expected = depth.outputs_to_inverse_depth(
-      model(depth.normalize_images(images), training=False), [32, 32])
+      model(heads.normalize_images(images), training=False), [32, 32])
   np.testing.assert_allclose(outputs["depth"], expected, rtol=1e-5, atol=1e-6)
 
 
