@@ -43,8 +43,7 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, num_classes: int,
   return np.round(image * (1 - blend) + colors * blend).astype(np.uint8)
 
 
-def colorize_depth(depth: np.ndarray, valid: np.ndarray | None = None,
-                   inverse: bool = True) -> np.ndarray:
+def colorize_depth(depth: np.ndarray, valid: np.ndarray, inverse: bool = True) -> np.ndarray:
   """Depth [H, W] -> RGB with a perceptual colour map (near = bright).
 
   Args:
@@ -53,8 +52,6 @@ def colorize_depth(depth: np.ndarray, valid: np.ndarray | None = None,
     inverse: take 1/depth first (metric depth); False for values that already
       grow toward the camera.
   """
-  if valid is None:
-    valid = np.isfinite(depth) & ((depth > 0) if inverse else True)
   values = np.where(valid, depth, np.nan).astype(np.float64)
   if inverse:
     values = 1.0 / values
@@ -66,32 +63,29 @@ def colorize_depth(depth: np.ndarray, valid: np.ndarray | None = None,
   return np.round(rgb * 255).astype(np.uint8)
 
 
-def colorize_normals(normals: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-  """Unit normals [H, W, 3] -> RGB with the usual (n + 1) / 2 mapping."""
+def colorize_normals(normals: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """Unit normals [H, W, 3] -> RGB with the usual (n + 1) / 2 mapping; invalid pixels black."""
   rgb = np.round((np.clip(normals, -1, 1) + 1) * 127.5).astype(np.uint8)
-  if valid is not None:
-    rgb[~valid] = 0
+  rgb[~valid] = 0
   return rgb
 
 
 def draw_boxes(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
-               names: Sequence[str], scores: np.ndarray | None = None,
-               num_classes: int | None = None) -> np.ndarray:
+               names: Sequence[str], scores: np.ndarray | None = None) -> np.ndarray:
   """Draws normalized (ymin, xmin, ymax, xmax) boxes with class names (and scores).
 
   Args:
     image: uint8 [H, W, 3].
     boxes: float [N, 4] normalized.
     classes: int [N] category ids; names[id] is the caption.
-    names: caption per category id (index 0 = background).
+    names: caption per category id (index 0 = background); one colour each.
     scores: optional float [N], appended to captions.
-    num_classes: for box colours; defaults to len(names).
 
   Returns:
     A new uint8 image.
   """
   height, width = image.shape[:2]
-  colors = palette(num_classes or len(names))
+  colors = palette(len(names))
   canvas = Image.fromarray(image)
   draw = ImageDraw.Draw(canvas)
   font = ImageFont.load_default()
