@@ -168,22 +168,16 @@ def build_depth_model(input_specs: tf_keras.layers.InputSpec, model_config: Dept
       l2_regularizer=l2_regularizer)
   decoder_filters = getattr(model_config.decoder.get(), "num_filters", 256)
   head = segmentation_heads.SegmentationHead(
-      num_classes=1,
-      level=head_config.level,
-      num_convs=head_config.num_convs,
+      num_classes=1, level=head_config.level, num_convs=head_config.num_convs,
       num_filters=head_config.num_filters,
       use_depthwise_convolution=head_config.use_depthwise_convolution,
       prediction_kernel_size=head_config.prediction_kernel_size,
       feature_fusion=head_config.feature_fusion or None,
-      decoder_min_level=model_config.min_level,
-      decoder_max_level=model_config.max_level,
-      num_decoder_filters=decoder_filters,
-      activation=norm_activation.activation,
+      decoder_min_level=model_config.min_level, decoder_max_level=model_config.max_level,
+      num_decoder_filters=decoder_filters, activation=norm_activation.activation,
       logit_activation=head_config.logit_activation or None,
-      use_sync_bn=norm_activation.use_sync_bn,
-      norm_momentum=norm_activation.norm_momentum,
-      norm_epsilon=norm_activation.norm_epsilon,
-      kernel_regularizer=l2_regularizer)
+      use_sync_bn=norm_activation.use_sync_bn, norm_momentum=norm_activation.norm_momentum,
+      norm_epsilon=norm_activation.norm_epsilon, kernel_regularizer=l2_regularizer)
   return segmentation_model.SegmentationModel(backbone, decoder, head)
 
 
@@ -294,16 +288,10 @@ class DepthTask(base_task.Task):
 
   def build_losses(self, labels: Mapping[str, tf.Tensor], model_outputs: Any,
                    aux_losses: Optional[Any] = None) -> tf.Tensor:
-    """The weighted scale-and-shift-invariant loss (+ regularization losses).
+    """The weighted scale-and-shift-invariant loss plus `aux_losses`, per replica.
 
-    Args:
-      labels: {'target': [B, H, W], 'valid': [B, H, W], ...}.
-      model_outputs: the model's outputs ({'logits': [B, h, w, 1]}) or the
-        prediction already at label size [B, H, W].
-      aux_losses: the model's regularization losses.
-
-    Returns:
-      Per-replica scalar loss (train_step divides it by the replica count).
+    `model_outputs` are the model's ({'logits': [B, h, w, 1]}) or the
+    prediction already at the labels' size [B, H, W].
     """
     losses = self.task_config.losses
     pred = model_outputs
@@ -403,18 +391,8 @@ TINY_EXPERIMENT = configs.register_tiny(EXPERIMENT)
 
 def serve(model: tf_keras.Model, images: tf.Tensor, params: cfg.ExperimentConfig
           ) -> dict[str, tf.Tensor]:
-  """Runs the teacher on raw images, for export and pseudo-labeling.
-
-  Args:
-    model: the model built by `DepthTask.build_model` (trained weights).
-    images: uint8 [B, H, W, 3] at the experiment's input size.
-    params: the experiment config (its validation data dtype is the model's
-      input dtype).
-
-  Returns:
-    {'depth': float32 [B, H, W] relative inverse depth (valid up to scale and
-    shift; larger is nearer)}.
-  """
+  """uint8 images [B, H, W, 3] at the input size -> the depth task's output: float32
+  [B, H, W] relative inverse depth (valid up to scale and shift; larger is nearer)."""
   inputs = tf.cast(heads_lib.normalize_images(images), params.task.validation_data.dtype)
   outputs = model(inputs, training=False)
   return {depth_task.OUTPUT: outputs_to_inverse_depth(outputs, tf.shape(images)[1:3])}
