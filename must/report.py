@@ -166,17 +166,12 @@ def transfer_table(transfer: Seeded) -> str:
 
 def transfer_verdicts(transfer: Seeded | None, claim: Mapping | None) -> list[dict] | None:
   """Whether the MuST backbone transfers better than each rival on the claim's
-  task (primary metric): for the means and for every seed.
+  task (primary metric), for the means and for every seed.
 
-  Args:
-    transfer: seed -> initialization -> task -> metrics.
-    claim: {'task': a task no teacher taught, 'rivals': initializations}
-      (transfer.yaml's `claim`); None: no claim.
-
-  Returns:
-    None when the MuST student was not fine-tuned on the task; else one dict
-    per rival: {"rival", "seeds", "must", "values" (the rival's, per seed),
-    "verdict"}, with "values" None and "verdict" None when the rival did not run.
+  `transfer` is seed -> initialization -> task -> metrics; `claim` is
+  transfer.yaml's {'task', 'rivals'}. Returns None without a claim or a MuST
+  run on its task; else per rival {"rival", "seeds", "must", "values" (the
+  rival's, per seed), "verdict"}, the last two None where the rival did not run.
   """
   if not claim:
     return None

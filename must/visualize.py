@@ -72,18 +72,8 @@ def colorize_normals(normals: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def draw_boxes(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
                names: Sequence[str], scores: np.ndarray | None = None) -> np.ndarray:
-  """Draws normalized (ymin, xmin, ymax, xmax) boxes with class names (and scores).
-
-  Args:
-    image: uint8 [H, W, 3].
-    boxes: float [N, 4] normalized.
-    classes: int [N] category ids; names[id] is the caption.
-    names: caption per category id (index 0 = background); one colour each.
-    scores: optional float [N], appended to captions.
-
-  Returns:
-    A new uint8 image.
-  """
+  """A copy of `image` with normalized [N, 4] (ymin, xmin, ymax, xmax) boxes drawn,
+  captioned with names[class id] (and the scores), one colour per name."""
   height, width = image.shape[:2]
   colors = palette(len(names))
   canvas = Image.fromarray(image)

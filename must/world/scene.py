@@ -171,9 +171,8 @@ class Scene:
   classes: np.ndarray
   box_instance_ids: np.ndarray
   image_class: int
-  silhouette_areas: np.ndarray = dataclasses.field(
-      default_factory=lambda: np.zeros(0, np.int32))
-  focal_length: float = 0.0
+  silhouette_areas: np.ndarray
+  focal_length: float
 
 
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -732,19 +731,12 @@ def _render_once(draws: np.ndarray, p: RenderParams, num_objects: int):
 
 
 def render_scene(rng: np.random.Generator, params: RenderParams = RenderParams()) -> Scene:
-  """Renders one random scene.
+  """Renders one random scene from its stream (`scene_rng`).
 
   The first object is a large, near "main" object so that every scene has at
   least one box; if occlusion leaves the largest category without a box, the
   scene is redrawn from the same stream (so the result stays deterministic),
   and the last attempt draws the main object alone.
-
-  Args:
-    rng: the scene's random stream (see `scene_rng`).
-    params: world knobs.
-
-  Returns:
-    The rendered `Scene`.
   """
   span = params.max_objects - params.min_objects + 1
   for attempt in range(params.max_attempts):

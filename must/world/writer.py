@@ -210,15 +210,10 @@ def write_preview(config: WorldConfig, path: str) -> None:
 
 
 def write_world(config: WorldConfig, output_dir: str, progress=print) -> dict:
-  """Writes every split, the preview and `world.json`; returns the metadata.
+  """Writes every split, the preview and `world.json` (returned) under `output_dir`.
 
-  Args:
-    config: a validated WorldConfig.
-    output_dir: any tf.io.gfile directory (created).
-    progress: called with one line of text as shards finish.
-
-  Returns:
-    The metadata also written to `world.json`.
+  `output_dir` is any tf.io.gfile directory; `progress` is called with one line
+  of text as shards finish.
   """
   tf.io.gfile.makedirs(output_dir)
   jobs = list(_jobs(config))
@@ -245,12 +240,10 @@ def write_world(config: WorldConfig, output_dir: str, progress=print) -> dict:
   sizes = config.sizes.as_dict()
   splits = {}
   for split in _splits():
-    if split.files:
-      pattern = os.path.join(output_dir, "corpus/images/*/*")
-    else:
-      pattern = os.path.join(output_dir, f"{split.path}-*.tfrecord")
-    splits[split.name] = {"pattern": pattern, "count": sizes[split.name],
-                          "tasks": list(split.tasks), "partial": split.partial}
+    pattern = "corpus/images/*/*" if split.files else f"{split.path}-*.tfrecord"
+    splits[split.name] = {"pattern": os.path.join(output_dir, pattern),
+                          "count": sizes[split.name], "tasks": list(split.tasks),
+                          "partial": split.partial}
   metadata = {
       "schema_version": schema_lib.SCHEMA_VERSION,
       "categories": category_names(),
