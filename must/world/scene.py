@@ -536,22 +536,17 @@ def _background(p: RenderParams, s, gain, focal, u, v, sin_p, cos_p, cam_h, bg_c
   ib = np.multiply.outer(coef[3], u) + coef[2][:, None]
   idx = (ia.astype(np.intp) & _TMASK) << (_T.bit_length() - 1) | (ib.astype(np.intp) & _TMASK)
   values = np.empty((h, w), np.float32)
-  if split > 0:
-    _SURFACES[w_pat].take(idx[:split], out=values[:split])
-  if split < h:
-    _SURFACES[g_pat].take(idx[split:], out=values[split:])
-  values *= fade[:, None]
-  mean *= 1.0 - fade
-  values += mean[:, None]
+  _SURFACES[w_pat].take(idx[:split], out=values[:split])
+  _SURFACES[g_pat].take(idx[split:], out=values[split:])
+  values = values * fade[:, None] + (mean * (1.0 - fade))[:, None]
 
   albedo = np.empty((3, h, w), np.float32)
   colours = bg_colours * gain
   for rows, c0, c1 in ((slice(0, split), colours[2], colours[3]),
                        (slice(split, h), colours[0], colours[1])):
-    if rows.start < rows.stop:
-      out = albedo[:, rows]
-      np.multiply.outer(c1 - c0, values[rows], out=out)
-      out += c0[:, None, None]
+    out = albedo[:, rows]
+    np.multiply.outer(c1 - c0, values[rows], out=out)
+    out += c0[:, None, None]
 
   normals = np.empty((3, h, w), np.float32)
   normals[0] = 0.0
