@@ -50,8 +50,6 @@ from teachers import common as teachers_common
 TASK = depth_task.Depth.name
 EXPERIMENT = "must_depth_teacher"
 
-METRIC_KIND = b"metric"
-
 
 # -- Configs -------------------------------------------------------------------
 
@@ -193,12 +191,10 @@ def outputs_to_inverse_depth(outputs: Union[Mapping[str, tf.Tensor], tf.Tensor],
 
 
 class Parser(parser_lib.Parser):
-  """Decoded MuST example -> (normalized image, {'target', 'valid', 'metric'}).
+  """Decoded MuST example -> (normalized image, {'target', 'valid'}).
 
-  'target' is the inverse depth [H, W] (1/d of metric depth, or the
-  relative inverse depth as stored), 'valid' the pixels that have one, and
-  'metric' whether the record held metric depth (only those have a true
-  depth for AbsRel / delta).
+  'target' is the inverse depth [H, W] (1/d of metric depth, or the relative
+  inverse depth as stored), 'valid' the pixels that have one.
   """
 
   def __init__(self, output_size: Sequence[int], aug_rand_hflip: bool = False,
@@ -208,25 +204,22 @@ class Parser(parser_lib.Parser):
     self._dtype = dtype
 
   def _prepare(self, data):
-    label = data[TASK]
-    inverse, valid = depth_task.target_inverse_depth(label)
-    metric = tf.equal(label["kind"], METRIC_KIND)
+    inverse, valid = depth_task.target_inverse_depth(data[TASK])
     image = tf.image.resize(heads_lib.normalize_images(data["image"]), self._output_size,
                             method="bilinear")
     dense = tf.stack([inverse, tf.cast(valid, tf.float32)], axis=0)[..., None]
     dense = tf.image.resize(dense, self._output_size, method="nearest")[..., 0]
-    return image, dense, metric
+    return image, dense
 
-  def _labels(self, image, dense, metric):
-    image = tf.cast(image, self._dtype)
-    return image, {"target": dense[0], "valid": dense[1] > 0.5, "metric": metric}
+  def _labels(self, image, dense):
+    return tf.cast(image, self._dtype), {"target": dense[0], "valid": dense[1] > 0.5}
 
   def _parse_train_data(self, decoded_tensors):
-    image, dense, metric = self._prepare(decoded_tensors)
+    image, dense = self._prepare(decoded_tensors)
     if self._aug_rand_hflip:
       # dense is [2, H, W]: flipped along its last axis like the image's width.
       image, _, dense = preprocess_ops.random_horizontal_flip(image, masks=dense)
-    return self._labels(image, dense, metric)
+    return self._labels(image, dense)
 
   def _parse_eval_data(self, decoded_tensors):
     image, labels = self._labels(*self._prepare(decoded_tensors))
@@ -266,7 +259,7 @@ class DepthTask(base_task.Task):
   def build_inputs(self, params: DepthDataConfig,
                    input_context: Optional[tf.distribute.InputContext] = None
                    ) -> tf.data.Dataset:
-    """Batches of (images [B, H, W, 3], {'target', 'valid', 'metric'}, eval: and `ground_truth`)."""
+    """Batches of (images [B, H, W, 3], {'target', 'valid', and for eval `ground_truth`})."""
     decoder = schema_lib.Schema({TASK: {}})
     parser = Parser(self._output_size(params), aug_rand_hflip=params.aug_rand_hflip,
                     dtype=params.dtype)

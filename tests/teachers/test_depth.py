@@ -184,7 +184,7 @@ def test_input_pipeline_reads_the_world_with_inverse_depth_targets(world):
   images, labels = next(iter(task.build_inputs(config.task.validation_data)))
   assert images.shape == (4, 64, 64, 3) and images.dtype == tf.float32
   assert labels["target"].shape == (4, 64, 64) and labels["target"].dtype == tf.float32
-  assert labels["valid"].dtype == tf.bool and labels["metric"].numpy().all()
+  assert labels["valid"].dtype == tf.bool
 
   first = next(iter(tf.data.TFRecordDataset(shard)))
   decoded = schema_lib.Schema({"depth": {}}).decode(first)
@@ -231,7 +231,6 @@ def test_relative_inverse_pseudo_labels_are_used_as_they_are():
                           image_format="png")
   decoded = schema.decode(example.SerializeToString())
   _, labels = depth.Parser([8, 8])._parse_eval_data(decoded)  # pylint: disable=protected-access
-  assert not labels["metric"]
   assert not labels["valid"][0, 0] and labels["valid"].numpy().sum() == 63
   np.testing.assert_allclose(labels["target"].numpy()[1:], values[1:], atol=2.0 / 65534)
 
