@@ -160,7 +160,6 @@ class Scene:
       the smaller id).
     silhouette_areas: int32 [num_objects]; in-frame pixels of each object's
       unoccluded silhouette (index i <-> instance id i + 1).
-    focal_length: camera focal length in pixels (principal point at the centre).
   """
   image: np.ndarray
   semantic: np.ndarray
@@ -172,7 +171,6 @@ class Scene:
   box_instance_ids: np.ndarray
   image_class: int
   silhouette_areas: np.ndarray
-  focal_length: float
 
 
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -721,8 +719,7 @@ def _render_once(draws: np.ndarray, p: RenderParams, num_objects: int):
       image=rgb, semantic=semantic, instances=instances, depth=depth,
       normals=np.ascontiguousarray(normals.transpose(1, 2, 0)),
       boxes=np.asarray(box_list, np.float32).reshape(-1, 4), classes=classes,
-      box_instance_ids=box_ids, image_class=image_class, silhouette_areas=silhouettes,
-      focal_length=float(focal))
+      box_instance_ids=box_ids, image_class=image_class, silhouette_areas=silhouettes)
 
 
 def render_scene(rng: np.random.Generator, params: RenderParams = RenderParams()) -> Scene:
