@@ -215,22 +215,18 @@ def _polygon_sdf(x, y, verts):
   dist = np.sqrt(best)
   sign = np.where(inside, -1.0, 1.0)
   safe = np.maximum(dist, 1e-9)
-  gx = sign * (x - qx) / safe
-  gy = sign * (y - qy) / safe
-  return sign * dist, gx, gy
+  return sign * dist, sign * (x - qx) / safe, sign * (y - qy) / safe
 
 
 def _bevelled(x, y, verts, bevel=0.2, thickness=0.35):
   """A flat slab with the polygon's outline and bevelled edges."""
   sd, gx, gy = _polygon_sdf(x, y, verts)
-  mask = sd < 0
   inner = -sd
   on_bevel = inner < bevel
   slope = thickness / bevel
-  nx, ny, nz = _unit(np.where(on_bevel, gx * slope, 0.0), np.where(on_bevel, gy * slope, 0.0),
-                     np.ones_like(x))
-  relief = thickness * np.minimum(inner / bevel, 1.0)
-  return mask, nx, ny, nz, relief
+  normal = _unit(np.where(on_bevel, gx * slope, 0.0), np.where(on_bevel, gy * slope, 0.0),
+                 np.ones_like(x))
+  return sd < 0, *normal, thickness * np.minimum(inner / bevel, 1.0)
 
 
 def _shape(name, x, y):
