@@ -33,7 +33,6 @@ from official.core import config_definitions as cfg
 from official.core import exp_factory
 from official.core import task_factory
 from official.modeling import hyperparams
-from official.modeling import optimization
 from official.vision.configs import backbones
 from official.vision.configs import common
 from official.vision.configs import decoders
@@ -336,7 +335,13 @@ def must_depth_teacher() -> cfg.ExperimentConfig:
   """
   height, width = teachers_common.world_image_size()
   batch_size = 32
-  train_steps = 800
+  # The shared schedule, without gradient clipping, evaluated twice, keeping the best.
+  trainer = configs.trainer(train_steps=800, learning_rate=1e-2, steps_per_loop=100)
+  trainer.override({"validation_interval": 400, "max_to_keep": 3,
+                    "best_checkpoint_export_subdir": "best_ckpt",
+                    "best_checkpoint_eval_metric": "delta_1.25",
+                    "best_checkpoint_metric_comp": "higher",
+                    "optimizer_config": {"optimizer": {"adam": {"global_clipnorm": None}}}})
   return cfg.ExperimentConfig(
       task=DepthTaskConfig(
           model=DepthModel(
@@ -356,23 +361,7 @@ def must_depth_teacher() -> cfg.ExperimentConfig:
           validation_data=DepthDataConfig(is_training=False, global_batch_size=batch_size,
                                           output_size=[height, width], aug_rand_hflip=False,
                                           drop_remainder=False)),
-      trainer=cfg.TrainerConfig(
-          train_steps=train_steps,
-          steps_per_loop=100,
-          summary_interval=100,
-          checkpoint_interval=400,
-          max_to_keep=3,
-          validation_interval=400,
-          validation_steps=-1,
-          best_checkpoint_export_subdir="best_ckpt",
-          best_checkpoint_eval_metric="delta_1.25",
-          best_checkpoint_metric_comp="higher",
-          optimizer_config=optimization.OptimizationConfig({
-              "optimizer": {"type": "adam", "adam": {}},
-              "learning_rate": {"type": "cosine", "cosine": {
-                  "initial_learning_rate": 1e-2, "decay_steps": train_steps}},
-              "warmup": {"type": "linear", "linear": {"warmup_steps": 100}},
-          })),
+      trainer=trainer,
       restrictions=teachers_common.RESTRICTIONS)
 
 
