@@ -23,9 +23,8 @@ _IGNORE_COLOR = (40, 40, 40)
 def palette(num_classes: int) -> np.ndarray:
   """uint8 [256, 3] colours: 0 black, 1..num_classes distinct hues, 255 dark grey."""
   colors = np.zeros([256, 3], np.uint8)
-  cmap = matplotlib.colormaps["tab20"]
-  for i in range(1, max(num_classes, 1)):
-    colors[i] = np.round(np.array(cmap((i - 1) % 20)[:3]) * 255)
+  ids = np.arange(1, max(num_classes, 1))
+  colors[ids] = np.round(matplotlib.colormaps["tab20"]((ids - 1) % 20)[:, :3] * 255)
   colors[IGNORE_LABEL] = _IGNORE_COLOR
   return colors
 

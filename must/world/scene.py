@@ -689,8 +689,7 @@ def _render_once(draws: np.ndarray, p: RenderParams, num_objects: int):
   ambient = _lerp(p.min_ambient, p.max_ambient, s[_AMB])
   flat_n = normals.reshape(3, -1)
   shade = np.maximum((light * np.float32(1.0 - ambient)) @ flat_n, 0.0) + ambient
-  image = albedo.reshape(3, -1)
-  image *= shade
+  image = albedo.reshape(3, -1) * shade
   specular = _lerp(p.min_specular, p.max_specular, s[_SPEC])
   if specular > 0:
     spec = np.maximum((half * np.float32(specular ** (1 / 16))) @ flat_n, 0.0)  # spec (n.h)^16
@@ -702,9 +701,7 @@ def _render_once(draws: np.ndarray, p: RenderParams, num_objects: int):
   haze_colour = (180.0 + 60.0 * bg_colours[3]).astype(np.float32)[:, None]
   haze_distance = _lerp(p.min_haze_distance, p.max_haze_distance, s[_HAZE])
   keep = np.exp(depth.reshape(-1) * np.float32(-1.0 / haze_distance))
-  image -= haze_colour
-  image *= keep
-  image += haze_colour + 0.5  # + 0.5: round when truncating to uint8
+  image = (image - haze_colour) * keep + (haze_colour + 0.5)  # + 0.5: round to uint8 below
   n_px = image.size
   bank = _noise_bank(n_px)
   start = int(s[_NOISE_OFF] * (bank.size - n_px))
