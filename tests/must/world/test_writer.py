@@ -138,8 +138,9 @@ def test_bad_config_file_is_named(tmp_path):
     configs.load(writer.WorldConfig(), str(tmp_path / "missing.yaml"))
 
 
-def test_writes_and_reads_a_world_on_any_gfile_path():
+def test_writes_and_reads_a_world_on_any_gfile_path(tmp_path, monkeypatch):
   # ram:// stands in for gs://: every file of the world goes through tf.io.gfile.
+  monkeypatch.chdir(tmp_path)  # where the old os.makedirs would make a local "ram:" folder
   sizes = {name: 2 for name in writer.SplitSizes().as_dict()}
   config = configs.load(writer.WorldConfig(), TINY, {"sizes": sizes, "preview_scenes": 1})
   output_dir = "ram://world"
