@@ -79,14 +79,8 @@ def _replicas(tree) -> list:
 
 def aggregate(metrics: Mapping[str, Any], truth: Mapping[str, Any],
               served: Mapping[str, Mapping[str, Any]], size: Sequence[int]) -> None:
-  """Scores one eval step: `ground_truth` batches against the served outputs.
-
-  Args:
-    metrics: task name -> its `Task.metric()`, updated in place.
-    truth: the eval step's batched `ground_truth`.
-    served: task name -> the teacher signature's outputs for the batch.
-    size: (height, width) of the dense outputs.
-  """
+  """Scores one eval step: its batched `ground_truth` against each task's served
+  outputs (dense ones of `size`), updating `metrics` (task -> `Task.metric()`)."""
   for replica_truth, replica_served in zip(_replicas(truth), _replicas(served)):
     for i, image_size in enumerate(replica_truth["image_size"]):
       for task, metric in metrics.items():

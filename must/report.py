@@ -1,21 +1,16 @@
 """The demo's report: teachers against the MuST student, as tables and a figure.
 
-`write` puts `report.md` and `metrics.png` in the report folder. Every number
-comes from the stages' own evaluation files; nothing is typed in.
-
-Every study can run under several training seeds. Each number in a table is
-then the mean over the seeds ± half the range between the lowest and the
-highest seed (with one seed, just the value), and each of the paper's claims
-gets one of three verdicts (`verdict`): it holds when it holds for the means
-and for every seed, it does not hold when it fails for the means and for every
-seed, and it is undecided otherwise (the report then lists the per-seed
-values).
+`write` puts `report.md` and `metrics.png` in the report folder (any
+tf.io.gfile path). Every number comes from the stages' own evaluation files;
+over several training seeds it is a mean ± spread (`format_stat`) and each of
+the paper's claims gets a `verdict`.
 """
 import math
 import os
 from typing import Iterable, Mapping, Sequence
 
 import matplotlib
+import tensorflow as tf
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -79,11 +74,10 @@ def comparison_rows(teachers: Seeded, student: Seeded, baselines: Seeded | None 
       single-task students; optional, or missing for some tasks).
 
   Returns:
-    Rows of per-seed lists (in seed order) of the primary metric of the
-    teacher, the MuST student and the single-task student (None where not
-    run), the student/teacher ratio, and the claim's verdict: the student
-    reaches CLAIM_RATIO of the teacher for the means (mean student / mean
-    teacher) and for each seed.
+    Rows of per-seed lists of the primary metric of the teacher, the MuST
+    student and the single-task student (None where not run), the
+    student/teacher ratio, and the verdict of the claim that the student
+    reaches CLAIM_RATIO of the teacher.
   """
   seeds = [seed for seed in teachers if seed in student]
   if not seeds:
@@ -172,17 +166,12 @@ def transfer_table(transfer: Seeded) -> str:
 
 def transfer_verdicts(transfer: Seeded | None, claim: Mapping | None) -> list[dict] | None:
   """Whether the MuST backbone transfers better than each rival on the claim's
-  task (primary metric): for the means and for every seed.
+  task (primary metric), for the means and for every seed.
 
-  Args:
-    transfer: seed -> initialization -> task -> metrics.
-    claim: {'task': a task no teacher taught, 'rivals': initializations}
-      (transfer.yaml's `claim`); None: no claim.
-
-  Returns:
-    None when the MuST student was not fine-tuned on the task; else one dict
-    per rival: {"rival", "seeds", "must", "values" (the rival's, per seed),
-    "verdict"}, with "values" None and "verdict" None when the rival did not run.
+  `transfer` is seed -> initialization -> task -> metrics; `claim` is
+  transfer.yaml's {'task', 'rivals'}. Returns None without a claim or a MuST
+  run on its task; else per rival {"rival", "seeds", "must", "values" (the
+  rival's, per seed), "verdict"}, the last two None where the rival did not run.
   """
   if not claim:
     return None
@@ -281,15 +270,12 @@ def timing_rows(records: Iterable[Mapping]) -> list[dict]:
   Args:
     records: one per stage run: {"stage", "seconds" (wall), and for stages
       that train "train_step_seconds" (summed over their training runs) and
-      "parallel_slots" (cores its training kept busy: runs at once, or a lone
-      run's CPU replicas)}; a stage
-      that does not train counts one slot.
+      "parallel_slots" (cores its training kept busy; 1 if absent)}.
 
   Returns:
     {"stage", "seconds", "slots" (the distinct slot counts), "step_seconds"
     (None for stages that do not train), "share"}: share = step seconds /
-    (wall seconds x slots), summed over the stage's records; the total row's
-    share is total step seconds / sum over every record of wall x slots.
+    the sum of wall seconds x slots over the stage's records (or all records).
   """
   stages: dict[str, dict] = {}
   for record in records:
@@ -333,20 +319,14 @@ def timings_table(records: Iterable[Mapping]) -> str:
   return "\n".join(lines)
 
 
-def _bar_stats(values: Sequence[float]) -> tuple[float, tuple[float, float]]:
-  """The mean and its (below, above) distances to the min and max."""
-  mean = _mean(values)
-  return mean, (max(0.0, mean - min(values)), max(0.0, max(values) - mean))  # rounding
-
-
-def _bars(axis, positions, series: list[Sequence[float]], width, label, **kwargs) -> None:
+def _bars(axis, positions, series: list[Sequence[float]], width, label) -> None:
   """Bars at the means; min–max error bars when there is more than one seed."""
-  stats = [_bar_stats(v) for v in series]
+  means = [_mean(v) for v in series]
   error = None
-  if any(len(v) > 1 for v in series):
-    error = [[below for _, (below, _) in stats], [above for _, (_, above) in stats]]
-  axis.bar(positions, [mean for mean, _ in stats], width, yerr=error, capsize=3, label=label,
-           **kwargs)
+  if any(len(v) > 1 for v in series):  # max(0, ...): rounding
+    error = [[max(0.0, m - min(v)) for m, v in zip(means, series)],
+             [max(0.0, max(v) - m) for m, v in zip(means, series)]]
+  axis.bar(positions, means, width, yerr=error, capsize=3, label=label)
 
 
 def _figure(rows: list[dict], transfer: Seeded | None, path: str) -> None:
@@ -386,7 +366,8 @@ def _figure(rows: list[dict], transfer: Seeded | None, path: str) -> None:
     axis.legend(fontsize=7)
     axis.set_title("Transfer: fine-tuned from each initialization" + over, fontsize=9)
   figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  with tf.io.gfile.GFile(path, "wb") as f:
+    figure.savefig(f, dpi=120, format="png")
   plt.close(figure)
 
 
@@ -431,7 +412,7 @@ def write(report_dir: str, teachers: Seeded, student: Seeded,
       listed in `commands.sh` beside the report.
     pseudo_labels: seed -> per-task label statistics of the pseudo-labeling run.
   """
-  os.makedirs(report_dir, exist_ok=True)
+  tf.io.gfile.makedirs(report_dir)
   seeds = list(teachers)
   rows = comparison_rows(teachers, student, baselines)
   _figure(rows, transfer, os.path.join(report_dir, FIGURE_FILE))
@@ -505,6 +486,6 @@ Wall seconds as recorded when each stage ran, summed over the seeds' runs.
 With `--force` every stage is redone. Every binary the stages ran, with its
 exact flags, is in [`""" + COMMANDS_FILE + """`](""" + COMMANDS_FILE + """).
 """
-  with open(os.path.join(report_dir, REPORT_FILE), "w") as f:
+  with tf.io.gfile.GFile(os.path.join(report_dir, REPORT_FILE), "w") as f:
     f.write(text)
   return text

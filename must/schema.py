@@ -72,7 +72,7 @@ class Schema:
              provenance: Provenance | Mapping[str, Provenance] = GROUND_TRUTH_PROVENANCE,
              encoded: bytes | None = None, image_format: str = image_codec.JPEG,
              source_id: str | None = None, jpeg_quality: int = 95) -> tf.train.Example:
-    """Builds one example.
+    """Builds one tf.train.Example.
 
     Args:
       image: uint8 [H, W, 3] RGB pixels (labels are in these coordinates).
@@ -86,9 +86,6 @@ class Schema:
         a decimal integer string: Model Garden's detection evaluation parses
         it as the COCO image id.
       jpeg_quality: JPEG quality when encoding.
-
-    Returns:
-      The tf.train.Example.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
       raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")

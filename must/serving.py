@@ -72,12 +72,8 @@ class TeacherMetadata:
       json.dump(dataclasses.asdict(self), f, indent=2)
 
   def for_task(self, task: str | None = None, where: str = "") -> "TeacherMetadata":
-    """One task's metadata: a teacher's own, or one task of a multi-task model's.
-
-    Args:
-      task: the task to serve; may be None for a model of one task.
-      where: the model's path, named in errors.
-    """
+    """One task's metadata: a teacher's own, or `task` of a multi-task model's (None
+    for a model of one task); errors name the model's path `where`."""
     if self.tasks is None:
       return self
     if task is None and len(self.tasks) == 1:
@@ -94,11 +90,8 @@ class TeacherMetadata:
 def restore(path: str, **objects) -> None:
   """Reads `objects` (name=trackable, as saved) from the checkpoint at `path`.
 
-  Values of the checkpoint that nothing reads (the optimizer's) are ignored;
-  an object of `objects` that the checkpoint lacks is an error.
-
-  Raises:
-    ValueError: a wrong or mismatched checkpoint, naming it and what is missing.
+  Values of the checkpoint that nothing reads (the optimizer's) are ignored; an
+  object it lacks raises a ValueError naming the checkpoint and what is missing.
   """
   try:
     tf.train.Checkpoint(**objects).read(path).expect_partial().assert_existing_objects_matched()

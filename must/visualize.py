@@ -23,9 +23,8 @@ _IGNORE_COLOR = (40, 40, 40)
 def palette(num_classes: int) -> np.ndarray:
   """uint8 [256, 3] colours: 0 black, 1..num_classes distinct hues, 255 dark grey."""
   colors = np.zeros([256, 3], np.uint8)
-  cmap = matplotlib.colormaps["tab20"]
-  for i in range(1, max(num_classes, 1)):
-    colors[i] = np.round(np.array(cmap((i - 1) % 20)[:3]) * 255)
+  ids = np.arange(1, max(num_classes, 1))
+  colors[ids] = np.round(matplotlib.colormaps["tab20"]((ids - 1) % 20)[:, :3] * 255)
   colors[IGNORE_LABEL] = _IGNORE_COLOR
   return colors
 
@@ -35,21 +34,15 @@ def upscale(image: np.ndarray, factor: int) -> np.ndarray:
   return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
-def colorize_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
-  """Class-id map [H, W] -> RGB."""
-  return palette(num_classes)[mask]
-
-
 def overlay_mask(image: np.ndarray, mask: np.ndarray, num_classes: int,
                  alpha: float = 0.55) -> np.ndarray:
   """Blends the class colours over the image where the class is not background."""
-  colors = colorize_mask(mask, num_classes).astype(np.float32)
+  colors = palette(num_classes)[mask].astype(np.float32)
   blend = np.where((mask > 0)[..., None], alpha, 0.0)
   return np.round(image * (1 - blend) + colors * blend).astype(np.uint8)
 
 
-def colorize_depth(depth: np.ndarray, valid: np.ndarray | None = None,
-                   inverse: bool = True) -> np.ndarray:
+def colorize_depth(depth: np.ndarray, valid: np.ndarray, inverse: bool = True) -> np.ndarray:
   """Depth [H, W] -> RGB with a perceptual colour map (near = bright).
 
   Args:
@@ -58,8 +51,6 @@ def colorize_depth(depth: np.ndarray, valid: np.ndarray | None = None,
     inverse: take 1/depth first (metric depth); False for values that already
       grow toward the camera.
   """
-  if valid is None:
-    valid = np.isfinite(depth) & ((depth > 0) if inverse else True)
   values = np.where(valid, depth, np.nan).astype(np.float64)
   if inverse:
     values = 1.0 / values
@@ -71,32 +62,19 @@ def colorize_depth(depth: np.ndarray, valid: np.ndarray | None = None,
   return np.round(rgb * 255).astype(np.uint8)
 
 
-def colorize_normals(normals: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-  """Unit normals [H, W, 3] -> RGB with the usual (n + 1) / 2 mapping."""
+def colorize_normals(normals: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """Unit normals [H, W, 3] -> RGB with the usual (n + 1) / 2 mapping; invalid pixels black."""
   rgb = np.round((np.clip(normals, -1, 1) + 1) * 127.5).astype(np.uint8)
-  if valid is not None:
-    rgb[~valid] = 0
+  rgb[~valid] = 0
   return rgb
 
 
 def draw_boxes(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
-               names: Sequence[str], scores: np.ndarray | None = None,
-               num_classes: int | None = None) -> np.ndarray:
-  """Draws normalized (ymin, xmin, ymax, xmax) boxes with class names (and scores).
-
-  Args:
-    image: uint8 [H, W, 3].
-    boxes: float [N, 4] normalized.
-    classes: int [N] category ids; names[id] is the caption.
-    names: caption per category id (index 0 = background).
-    scores: optional float [N], appended to captions.
-    num_classes: for box colours; defaults to len(names).
-
-  Returns:
-    A new uint8 image.
-  """
+               names: Sequence[str], scores: np.ndarray | None = None) -> np.ndarray:
+  """A copy of `image` with normalized [N, 4] (ymin, xmin, ymax, xmax) boxes drawn,
+  captioned with names[class id] (and the scores), one colour per name."""
   height, width = image.shape[:2]
-  colors = palette(num_classes or len(names))
+  colors = palette(len(names))
   canvas = Image.fromarray(image)
   draw = ImageDraw.Draw(canvas)
   font = ImageFont.load_default()
@@ -122,22 +100,13 @@ def caption(panel: np.ndarray, text: str, height: int = 14) -> np.ndarray:
 
 def grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 4) -> np.ndarray:
   """Lays panels out in rows on a white sheet; panels may differ in size."""
-  row_images = []
-  for row in rows:
-    height = max(p.shape[0] for p in row)
-    cells = []
-    for panel in row:
-      cell = np.full([height + pad, panel.shape[1] + pad, 3], 255, np.uint8)
-      cell[:panel.shape[0], :panel.shape[1]] = panel
-      cells.append(cell)
-    row_images.append(np.concatenate(cells, axis=1))
+  def padded(panel, height, width):
+    return np.pad(panel, [(0, height - panel.shape[0]), (0, width - panel.shape[1]), (0, 0)],
+                  constant_values=255)
+  row_images = [np.concatenate([padded(p, max(q.shape[0] for q in row) + pad, p.shape[1] + pad)
+                                for p in row], axis=1) for row in rows]
   width = max(r.shape[1] for r in row_images)
-  sheet = np.full([sum(r.shape[0] for r in row_images), width, 3], 255, np.uint8)
-  y = 0
-  for r in row_images:
-    sheet[y:y + r.shape[0], :r.shape[1]] = r
-    y += r.shape[0]
-  return sheet
+  return np.concatenate([padded(r, r.shape[0], width) for r in row_images])
 
 
 def labels_panels(image: np.ndarray, labels: Mapping[str, Any], tasks: Mapping[str, Any],
@@ -184,11 +153,6 @@ def _bars(axes, labels: Sequence[str], values: Sequence[float], title: str, colo
   axes.set_title(title, fontsize=9)
 
 
-def _class_axis(histogram: Mapping[str, int], names: Sequence[str]):
-  ids = sorted(histogram, key=int)
-  return [names[int(i)] if int(i) < len(names) else i for i in ids], [histogram[i] for i in ids]
-
-
 def label_stats_panels(task_stats: Mapping[str, Mapping[str, Any]],
                        names: Sequence[str]) -> list[tuple[str, list[str], list[float]]]:
   """The plots of a run's label statistics: (title, bar labels, bar heights) each.
@@ -200,26 +164,30 @@ def label_stats_panels(task_stats: Mapping[str, Mapping[str, Any]],
       by their keys, with no task names.
     names: category names by id.
   """
+  def by_id(histogram, labels=lambda i: i):  # {id: count} sorted by id
+    ids = sorted(histogram, key=int)
+    return [labels(i) for i in ids], [histogram[i] for i in ids]
+
+  def binned(counts):  # counts of equal bins over [0, 1]
+    return [f"{i / len(counts):.1f}" for i in range(len(counts))], list(counts)
+
+  def name(i):
+    return names[int(i)] if int(i) < len(names) else i
+
   plots = []
   for task, t in sorted(task_stats.items()):
     if t.get("class_histogram"):
       unit = "boxes" if "boxes" in t else "labeled pixels" if "pixels" in t else "images (top-1)"
-      plots.append((f"{task}: {unit} per class", *_class_axis(t["class_histogram"], names)))
+      plots.append((f"{task}: {unit} per class", *by_id(t["class_histogram"], name)))
     if t.get("score_histogram"):
-      bins = len(t["score_histogram"])
-      plots.append((f"{task}: scores", [f"{i / bins:.1f}" for i in range(bins)],
-                    list(t["score_histogram"])))
+      plots.append((f"{task}: scores", *binned(t["score_histogram"])))
     if t.get("boxes_per_image_histogram"):
-      hist = t["boxes_per_image_histogram"]
-      ids = sorted(hist, key=int)
       plots.append((f"{task}: boxes per image ({t.get('boxes_per_image', 0):.1f} mean)",
-                    ids, [hist[i] for i in ids]))
+                    *by_id(t["boxes_per_image_histogram"])))
     if t.get("ignored_fraction_histogram"):
-      bins = len(t["ignored_fraction_histogram"])
       plots.append((f"{task}: ignored-pixel fraction per image "
                     f"({t.get('ignored_pixel_fraction', 0):.2f} overall)",
-                    [f"{i / bins:.1f}" for i in range(bins)],
-                    list(t["ignored_fraction_histogram"])))
+                    *binned(t["ignored_fraction_histogram"])))
   return plots
 
 

@@ -26,7 +26,7 @@ def experiment() -> cfg.ExperimentConfig:
       task=ic_cfg.ImageClassificationTask(
           model=ic_cfg.ImageClassificationModel(
               num_classes=common.world_num_classes(TASK), input_size=[height, width, 3],
-              backbone=common.small_resnet(), norm_activation=common.norm_activation()),
+              backbone=configs.small_resnet(), norm_activation=configs.norm_activation()),
           losses=ic_cfg.Losses(l2_weight_decay=1e-5, label_smoothing=0.1),
           # Random crops could cut away the object that decides the label.
           train_data=ic_cfg.DataConfig(is_training=True, global_batch_size=64,
@@ -34,7 +34,7 @@ def experiment() -> cfg.ExperimentConfig:
           validation_data=ic_cfg.DataConfig(is_training=False, global_batch_size=64,
                                             drop_remainder=False,
                                             center_crop_fraction=1.0)),
-      trainer=common.trainer(train_steps=1500, learning_rate=2e-3),
+      trainer=configs.trainer(train_steps=1500, learning_rate=2e-3),
       restrictions=common.RESTRICTIONS)
 
 
@@ -48,7 +48,4 @@ def outputs_from_model_garden(outputs: dict[str, tf.Tensor], images: tf.Tensor,
   return {"probs": tf.cast(outputs["probs"], tf.float32)}
 
 
-def model_garden_module(params: cfg.ExperimentConfig, model, input_size: list[int]):
-  """Model Garden's own serving module for this model."""
-  return ic_serving.ClassificationModule(params, model=model, batch_size=None,
-                                         input_image_size=input_size)
+model_garden_module = common.model_garden_module(ic_serving.ClassificationModule)

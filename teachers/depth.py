@@ -1,31 +1,18 @@
 """The depth teacher: a Model Garden task and experiment for monocular depth.
 
-Model Garden has no depth task, so this module registers one in its style:
-typed configs (`DepthTaskConfig`), a `base_task.Task` registered with the task
-factory, and the `must_depth_teacher` experiment registered with the
-experiment factory, so `train_lib.run_experiment` trains it like a stock task.
+Model Garden has no depth task, so this module registers one in its style
+(typed configs, a `base_task.Task` and the `must_depth_teacher` experiment in
+their factories), so `train_lib.run_experiment` trains it like a stock task.
 
-The network is built from Model Garden blocks only: a backbone (ResNet by
-default), a decoder (FPN by default) and a `SegmentationHead` with one output
-channel that fuses the pyramid levels at `head.level`, inside a
-`SegmentationModel`. Its output is relative inverse depth (MiDaS style: valid
-up to an unknown scale and shift), upsampled to the input size.
-
-Training uses the scale-and-shift-invariant loss of MiDaS (Ranftl et al.,
-"Towards Robust Monocular Depth Estimation", TPAMI 2020): per image, the
-least-squares scale and shift that align the prediction to the target inverse
-depth are solved in closed form, and the mean squared error of the aligned
-prediction is the loss (plus an optional multi-scale gradient matching term).
-Evaluation scores the raw decoded eval labels with the depth task's metric
-(`must.tasks.depth.DepthMetrics`, through `must.evaluate`): the numbers
-`teachers.evaluate` and the report give the same checkpoint.
-
-Targets come from records in the MuST schema (`must.schema`): metric depth
-(`kind == b"metric"`, the world's ground truth) becomes inverse depth 1/d;
-relative inverse depth (a teacher's pseudo label) is used as it is.
-
-The export hook (`TASK`, `EXPERIMENT`, `TASK_CONFIG`, `serve`) has the
-interface every teacher module shares.
+The network is Model Garden blocks only: a backbone, a decoder and a
+one-channel `SegmentationHead` in a `SegmentationModel`. It predicts relative
+inverse depth (MiDaS style: valid up to scale and shift), trained with the
+depth task's scale-and-shift-invariant loss (`must.tasks.depth`) and scored on
+the raw eval labels with its metric through `must.evaluate`, as
+`teachers.evaluate` and the report score it. Metric depth targets (the world's
+ground truth) become 1/d; relative inverse depth (a pseudo label) is used as
+it is. `TASK`, `EXPERIMENT`, `TASK_CONFIG` and `serve` are the teacher
+interface (`teachers/__init__.py`).
 """
 import dataclasses
 from typing import Any, List, Mapping, Optional, Sequence, Union
@@ -39,14 +26,13 @@ from must import configs
 from must import evaluate
 from must import schema as schema_lib
 from must.tasks import depth as depth_task
-from must.tasks import heads
+from must.tasks import heads as heads_lib
 from official.common import dataset_fn as dataset_fn_lib
 from official.core import base_task
 from official.core import config_definitions as cfg
 from official.core import exp_factory
 from official.core import task_factory
 from official.modeling import hyperparams
-from official.modeling import optimization
 from official.vision.configs import backbones
 from official.vision.configs import common
 from official.vision.configs import decoders
@@ -62,8 +48,6 @@ from teachers import common as teachers_common
 
 TASK = depth_task.Depth.name
 EXPERIMENT = "must_depth_teacher"
-
-METRIC_KIND = b"metric"
 
 
 # -- Configs -------------------------------------------------------------------
@@ -181,22 +165,16 @@ def build_depth_model(input_specs: tf_keras.layers.InputSpec, model_config: Dept
       l2_regularizer=l2_regularizer)
   decoder_filters = getattr(model_config.decoder.get(), "num_filters", 256)
   head = segmentation_heads.SegmentationHead(
-      num_classes=1,
-      level=head_config.level,
-      num_convs=head_config.num_convs,
+      num_classes=1, level=head_config.level, num_convs=head_config.num_convs,
       num_filters=head_config.num_filters,
       use_depthwise_convolution=head_config.use_depthwise_convolution,
       prediction_kernel_size=head_config.prediction_kernel_size,
       feature_fusion=head_config.feature_fusion or None,
-      decoder_min_level=model_config.min_level,
-      decoder_max_level=model_config.max_level,
-      num_decoder_filters=decoder_filters,
-      activation=norm_activation.activation,
+      decoder_min_level=model_config.min_level, decoder_max_level=model_config.max_level,
+      num_decoder_filters=decoder_filters, activation=norm_activation.activation,
       logit_activation=head_config.logit_activation or None,
-      use_sync_bn=norm_activation.use_sync_bn,
-      norm_momentum=norm_activation.norm_momentum,
-      norm_epsilon=norm_activation.norm_epsilon,
-      kernel_regularizer=l2_regularizer)
+      use_sync_bn=norm_activation.use_sync_bn, norm_momentum=norm_activation.norm_momentum,
+      norm_epsilon=norm_activation.norm_epsilon, kernel_regularizer=l2_regularizer)
   return segmentation_model.SegmentationModel(backbone, decoder, head)
 
 
@@ -208,19 +186,14 @@ def outputs_to_inverse_depth(outputs: Union[Mapping[str, tf.Tensor], tf.Tensor],
   return logits[..., 0]
 
 
-normalize_images = heads.normalize_images
-
-
 # -- Input ---------------------------------------------------------------------
 
 
 class Parser(parser_lib.Parser):
-  """Decoded MuST example -> (normalized image, {'target', 'valid', 'metric'}).
+  """Decoded MuST example -> (normalized image, {'target', 'valid'}).
 
-  'target' is the inverse depth [H, W] (1/d of metric depth, or the
-  relative inverse depth as stored), 'valid' the pixels that have one, and
-  'metric' whether the record held metric depth (only those have a true
-  depth for AbsRel / delta).
+  'target' is the inverse depth [H, W] (1/d of metric depth, or the relative
+  inverse depth as stored), 'valid' the pixels that have one.
   """
 
   def __init__(self, output_size: Sequence[int], aug_rand_hflip: bool = False,
@@ -230,25 +203,22 @@ class Parser(parser_lib.Parser):
     self._dtype = dtype
 
   def _prepare(self, data):
-    label = data[TASK]
-    inverse, valid = depth_task.target_inverse_depth(label)
-    metric = tf.equal(label["kind"], METRIC_KIND)
-    image = tf.image.resize(normalize_images(data["image"]), self._output_size,
+    inverse, valid = depth_task.target_inverse_depth(data[TASK])
+    image = tf.image.resize(heads_lib.normalize_images(data["image"]), self._output_size,
                             method="bilinear")
     dense = tf.stack([inverse, tf.cast(valid, tf.float32)], axis=0)[..., None]
     dense = tf.image.resize(dense, self._output_size, method="nearest")[..., 0]
-    return image, dense, metric
+    return image, dense
 
-  def _labels(self, image, dense, metric):
-    image = tf.cast(image, self._dtype)
-    return image, {"target": dense[0], "valid": dense[1] > 0.5, "metric": metric}
+  def _labels(self, image, dense):
+    return tf.cast(image, self._dtype), {"target": dense[0], "valid": dense[1] > 0.5}
 
   def _parse_train_data(self, decoded_tensors):
-    image, dense, metric = self._prepare(decoded_tensors)
+    image, dense = self._prepare(decoded_tensors)
     if self._aug_rand_hflip:
       # dense is [2, H, W]: flipped along its last axis like the image's width.
       image, _, dense = preprocess_ops.random_horizontal_flip(image, masks=dense)
-    return self._labels(image, dense, metric)
+    return self._labels(image, dense)
 
   def _parse_eval_data(self, decoded_tensors):
     image, labels = self._labels(*self._prepare(decoded_tensors))
@@ -288,7 +258,7 @@ class DepthTask(base_task.Task):
   def build_inputs(self, params: DepthDataConfig,
                    input_context: Optional[tf.distribute.InputContext] = None
                    ) -> tf.data.Dataset:
-    """Batches of (images [B, H, W, 3], {'target', 'valid', 'metric'}, eval: and `ground_truth`)."""
+    """Batches of (images [B, H, W, 3], {'target', 'valid', and for eval `ground_truth`})."""
     decoder = schema_lib.Schema({TASK: {}})
     parser = Parser(self._output_size(params), aug_rand_hflip=params.aug_rand_hflip,
                     dtype=params.dtype)
@@ -310,16 +280,10 @@ class DepthTask(base_task.Task):
 
   def build_losses(self, labels: Mapping[str, tf.Tensor], model_outputs: Any,
                    aux_losses: Optional[Any] = None) -> tf.Tensor:
-    """The weighted scale-and-shift-invariant loss (+ regularization losses).
+    """The weighted scale-and-shift-invariant loss plus `aux_losses`, per replica.
 
-    Args:
-      labels: {'target': [B, H, W], 'valid': [B, H, W], ...}.
-      model_outputs: the model's outputs ({'logits': [B, h, w, 1]}) or the
-        prediction already at label size [B, H, W].
-      aux_losses: the model's regularization losses.
-
-    Returns:
-      Per-replica scalar loss (train_step divides it by the replica count).
+    `model_outputs` are the model's ({'logits': [B, h, w, 1]}) or the
+    prediction already at the labels' size [B, H, W].
     """
     losses = self.task_config.losses
     pred = model_outputs
@@ -371,15 +335,20 @@ def must_depth_teacher() -> cfg.ExperimentConfig:
   """
   height, width = teachers_common.world_image_size()
   batch_size = 32
-  train_steps = 800
+  # The shared schedule, without gradient clipping, evaluated twice, keeping the best.
+  trainer = configs.trainer(train_steps=800, learning_rate=1e-2, steps_per_loop=100)
+  trainer.override({"validation_interval": 400, "max_to_keep": 3,
+                    "best_checkpoint_export_subdir": "best_ckpt",
+                    "best_checkpoint_eval_metric": "delta_1.25",
+                    "best_checkpoint_metric_comp": "higher",
+                    "optimizer_config": {"optimizer": {"adam": {"global_clipnorm": None}}}})
   return cfg.ExperimentConfig(
       task=DepthTaskConfig(
           model=DepthModel(
               input_size=[height, width, 3],
               min_level=2,
               max_level=5,
-              backbone=backbones.Backbone(
-                  type="resnet", resnet=backbones.ResNet(model_id=18, depth_multiplier=0.25)),
+              backbone=configs.small_resnet(depth_multiplier=0.25),
               decoder=decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=64)),
               # Panoptic FPN fusion (group-normalized convs per level) costs
               # about 3x the step time on CPU for no gain at this size.
@@ -392,27 +361,8 @@ def must_depth_teacher() -> cfg.ExperimentConfig:
           validation_data=DepthDataConfig(is_training=False, global_batch_size=batch_size,
                                           output_size=[height, width], aug_rand_hflip=False,
                                           drop_remainder=False)),
-      trainer=cfg.TrainerConfig(
-          train_steps=train_steps,
-          steps_per_loop=100,
-          summary_interval=100,
-          checkpoint_interval=400,
-          max_to_keep=3,
-          validation_interval=400,
-          validation_steps=-1,
-          best_checkpoint_export_subdir="best_ckpt",
-          best_checkpoint_eval_metric="delta_1.25",
-          best_checkpoint_metric_comp="higher",
-          optimizer_config=optimization.OptimizationConfig({
-              "optimizer": {"type": "adam", "adam": {}},
-              "learning_rate": {"type": "cosine", "cosine": {
-                  "initial_learning_rate": 1e-2, "decay_steps": train_steps}},
-              "warmup": {"type": "linear", "linear": {"warmup_steps": 100}},
-          })),
-      restrictions=[
-          "task.train_data.is_training != None",
-          "task.validation_data.is_training != None",
-      ])
+      trainer=trainer,
+      restrictions=teachers_common.RESTRICTIONS)
 
 
 TINY_EXPERIMENT = configs.register_tiny(EXPERIMENT)
@@ -423,18 +373,8 @@ TINY_EXPERIMENT = configs.register_tiny(EXPERIMENT)
 
 def serve(model: tf_keras.Model, images: tf.Tensor, params: cfg.ExperimentConfig
           ) -> dict[str, tf.Tensor]:
-  """Runs the teacher on raw images, for export and pseudo-labeling.
-
-  Args:
-    model: the model built by `DepthTask.build_model` (trained weights).
-    images: uint8 [B, H, W, 3] at the experiment's input size.
-    params: the experiment config (its validation data dtype is the model's
-      input dtype).
-
-  Returns:
-    {'depth': float32 [B, H, W] relative inverse depth (valid up to scale and
-    shift; larger is nearer)}.
-  """
-  inputs = tf.cast(normalize_images(images), params.task.validation_data.dtype)
+  """uint8 images [B, H, W, 3] at the input size -> the depth task's output: float32
+  [B, H, W] relative inverse depth (valid up to scale and shift; larger is nearer)."""
+  inputs = tf.cast(heads_lib.normalize_images(images), params.task.validation_data.dtype)
   outputs = model(inputs, training=False)
   return {depth_task.OUTPUT: outputs_to_inverse_depth(outputs, tf.shape(images)[1:3])}

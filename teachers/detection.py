@@ -30,11 +30,11 @@ def experiment() -> cfg.ExperimentConfig:
               min_level=3, max_level=5,
               anchor=rn_cfg.Anchor(num_scales=3, aspect_ratios=[0.5, 1.0, 2.0],
                                    anchor_size=2.0),
-              backbone=common.small_resnet(),
+              backbone=configs.small_resnet(),
               decoder=decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=64)),
               head=rn_cfg.RetinaNetHead(num_convs=2, num_filters=64),
-              detection_generator=common.detection_generator(),
-              norm_activation=common.norm_activation()),
+              detection_generator=configs.detection_generator(),
+              norm_activation=configs.norm_activation()),
           losses=rn_cfg.Losses(l2_weight_decay=1e-5),
           train_data=rn_cfg.DataConfig(
               is_training=True, global_batch_size=32, shuffle_buffer_size=2000,
@@ -45,7 +45,7 @@ def experiment() -> cfg.ExperimentConfig:
           validation_data=rn_cfg.DataConfig(is_training=False, global_batch_size=32,
                                             drop_remainder=False),
           use_coco_metrics=True),
-      trainer=common.trainer(train_steps=2000, learning_rate=2e-3),
+      trainer=configs.trainer(train_steps=2000, learning_rate=2e-3),
       restrictions=common.RESTRICTIONS)
 
 
@@ -71,7 +71,4 @@ def outputs_from_model_garden(outputs: dict[str, tf.Tensor], images: tf.Tensor,
   }
 
 
-def model_garden_module(params: cfg.ExperimentConfig, model, input_size: list[int]):
-  """Model Garden's own serving module for this model."""
-  return det_serving.DetectionModule(params, model=model, batch_size=None,
-                                     input_image_size=input_size)
+model_garden_module = common.model_garden_module(det_serving.DetectionModule)

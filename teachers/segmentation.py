@@ -28,13 +28,13 @@ def experiment() -> cfg.ExperimentConfig:
           model=seg_cfg.SemanticSegmentationModel(
               num_classes=common.world_num_classes(TASK), input_size=[height, width, 3],
               min_level=2, max_level=5,
-              backbone=common.small_resnet(),
+              backbone=configs.small_resnet(),
               decoder=decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=64)),
               # The FPN's P2 already carries every coarser level top-down. (Model
               # Garden 2.20's factory does not pass decoder levels to the head,
               # so its 'panoptic_fpn_fusion' cannot be used from a config.)
               head=seg_cfg.SegmentationHead(level=2, num_convs=3, num_filters=64),
-              norm_activation=common.norm_activation()),
+              norm_activation=configs.norm_activation()),
           losses=seg_cfg.Losses(l2_weight_decay=1e-5, ignore_label=255),
           allow_image_summary=False,
           train_data=seg_cfg.DataConfig(
@@ -43,7 +43,7 @@ def experiment() -> cfg.ExperimentConfig:
           validation_data=seg_cfg.DataConfig(
               is_training=False, global_batch_size=32, output_size=[height, width],
               resize_eval_groundtruth=True, drop_remainder=False)),
-      trainer=common.trainer(train_steps=1500, learning_rate=2e-3),
+      trainer=configs.trainer(train_steps=1500, learning_rate=2e-3),
       restrictions=common.RESTRICTIONS)
 
 
@@ -58,7 +58,4 @@ def outputs_from_model_garden(outputs: dict[str, tf.Tensor], images: tf.Tensor,
   return {"probs": tf.nn.softmax(logits, axis=-1)}
 
 
-def model_garden_module(params: cfg.ExperimentConfig, model, input_size: list[int]):
-  """Model Garden's own serving module for this model."""
-  return seg_serving.SegmentationModule(params, model=model, batch_size=None,
-                                        input_image_size=input_size)
+model_garden_module = common.model_garden_module(seg_serving.SegmentationModule)

@@ -61,19 +61,12 @@ class RenderParams:
     noise_std_max: per-image Gaussian noise std is drawn in [0, this] (0..255).
     min_visible_pixels: instances with fewer visible pixels get no box.
     fov_degrees: horizontal field of view of the pinhole camera.
-    min_pitch_degrees, max_pitch_degrees: range of the camera's downward pitch.
-    min_camera_height, max_camera_height: range of the camera height above the
-      ground (world units).
-    min_object_distance, max_object_distance: range of the objects' forward
-      distance (world z; drawn log-uniformly, so near objects are common).
-    min_main_object_distance, max_main_object_distance: the same for the main
-      object, which is also at least mid-sized.
-    min_wall_distance, max_wall_distance: range of the far wall's distance.
-    min_brightness, max_brightness: range of the global brightness gain.
-    min_ambient, max_ambient: range of the ambient light term.
-    min_specular, max_specular: range of the specular strength.
-    min_haze_distance, max_haze_distance: range of the e-folding distance of
-      the atmospheric haze.
+    min_<x>, max_<x>: the range each scene draws <x> from: the camera's
+      downward pitch and height above the ground (world units); the objects'
+      forward distance (world z, log-uniform: near objects are common) and the
+      main object's (which is also at least mid-sized); the far wall's
+      distance; the brightness gain, ambient and specular light terms; the
+      e-folding distance of the haze.
     max_attempts: scenes whose main category ends up without a box are redrawn
       (from the same stream) up to this many times; the last try has only the
       main object.
@@ -167,7 +160,6 @@ class Scene:
       the smaller id).
     silhouette_areas: int32 [num_objects]; in-frame pixels of each object's
       unoccluded silhouette (index i <-> instance id i + 1).
-    focal_length: camera focal length in pixels (principal point at the centre).
   """
   image: np.ndarray
   semantic: np.ndarray
@@ -178,25 +170,11 @@ class Scene:
   classes: np.ndarray
   box_instance_ids: np.ndarray
   image_class: int
-  silhouette_areas: np.ndarray = dataclasses.field(
-      default_factory=lambda: np.zeros(0, np.int32))
-  focal_length: float = 0.0
+  silhouette_areas: np.ndarray
 
 
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
-  """The random stream of one scene.
-
-  Streams are independent and reproducible per (seed, split, index); different
-  split names never share a stream.
-
-  Args:
-    seed: non-negative integer seed of the whole data set.
-    split: split name, e.g. "classification_train".
-    index: non-negative scene index inside the split.
-
-  Returns:
-    A fresh `np.random.Generator`.
-  """
+  """A fresh, independent and reproducible random stream per (seed, split name, index)."""
   if seed < 0 or index < 0:
     raise ValueError(f"seed and index must be non-negative, got {seed}, {index}")
   split_hash = int.from_bytes(
@@ -237,22 +215,18 @@ def _polygon_sdf(x, y, verts):
   dist = np.sqrt(best)
   sign = np.where(inside, -1.0, 1.0)
   safe = np.maximum(dist, 1e-9)
-  gx = sign * (x - qx) / safe
-  gy = sign * (y - qy) / safe
-  return sign * dist, gx, gy
+  return sign * dist, sign * (x - qx) / safe, sign * (y - qy) / safe
 
 
 def _bevelled(x, y, verts, bevel=0.2, thickness=0.35):
   """A flat slab with the polygon's outline and bevelled edges."""
   sd, gx, gy = _polygon_sdf(x, y, verts)
-  mask = sd < 0
   inner = -sd
   on_bevel = inner < bevel
   slope = thickness / bevel
-  nx, ny, nz = _unit(np.where(on_bevel, gx * slope, 0.0), np.where(on_bevel, gy * slope, 0.0),
-                     np.ones_like(x))
-  relief = thickness * np.minimum(inner / bevel, 1.0)
-  return mask, nx, ny, nz, relief
+  normal = _unit(np.where(on_bevel, gx * slope, 0.0), np.where(on_bevel, gy * slope, 0.0),
+                 np.ones_like(x))
+  return sd < 0, *normal, thickness * np.minimum(inner / bevel, 1.0)
 
 
 def _shape(name, x, y):
@@ -268,16 +242,10 @@ def _shape(name, x, y):
     t = 1 / math.sqrt(3)
     mask = (np.abs(x) <= c) & (np.abs(y) <= 1 - t * np.abs(x))
     top = y > t * np.abs(x)
-    face_n = {"top": (0.0, 0.8165, 0.5774), "left": (-0.7071, -0.4082, 0.5774),
-              "right": (0.7071, -0.4082, 0.5774)}
-    nx, ny, nz = (np.zeros_like(x) for _ in range(3))
-    relief = np.zeros_like(x)
-    for face, sel in (("top", top), ("left", ~top & (x < 0)), ("right", ~top & (x >= 0))):
-      fx, fy, fz = face_n[face]
-      nx = np.where(sel, fx, nx)
-      ny = np.where(sel, fy, ny)
-      nz = np.where(sel, fz, nz)
-      relief = np.where(sel, 1.0 - (fx * x + fy * y) / fz, relief)
+    faces = [top, ~top & (x < 0), ~top & (x >= 0)]  # top, left, right
+    face_n = [(0.0, 0.8165, 0.5774), (-0.7071, -0.4082, 0.5774), (0.7071, -0.4082, 0.5774)]
+    nx, ny, nz = (np.select(faces, [n[c] for n in face_n], 0.0) for c in range(3))
+    relief = np.select(faces, [1.0 - (fx * x + fy * y) / fz for fx, fy, fz in face_n], 0.0)
     return mask, nx, ny, nz, relief
   if name == "cylinder":
     w, e = 0.72, 0.28
@@ -448,11 +416,9 @@ _TEMPLATES = {res: _frozen(_build_templates(res)) for res in _LEVELS}
 _BOTTOMS = _frozen(_bottoms(_TEMPLATES[_T], _T))
 _LEVEL_FOR_SIZE = tuple(min(r for r in _LEVELS if r >= size) for size in range(_T + 1))
 _pattern_rng = np.random.default_rng(20210823)
-_SURFACES, _SURFACE_MEANS = _build_surface_patterns(_pattern_rng)
+_SURFACES, _SURFACE_MEANS = map(_frozen, _build_surface_patterns(_pattern_rng))
 _OBJECT_PATTERNS = {res: _frozen(p) for res, p in _build_object_patterns(_pattern_rng).items()}
 del _pattern_rng
-_frozen(_SURFACES)
-_frozen(_SURFACE_MEANS)
 _SHADOW_LEVELS = 8
 
 
@@ -558,39 +524,23 @@ def _background(p: RenderParams, s, gain, focal, u, v, sin_p, cos_p, cam_h, bg_c
     coef[3, :split] = tw * scale
     coef[4, :split] = tw * (scale / (16 * focal))
     mean[:split] = _SURFACE_MEANS[w_pat]
-  fade = coef[4]
-  fade *= fade
-  fade *= 4.0
-  fade += 1.0
-  np.reciprocal(fade, out=fade)
+  fade = 1.0 / (1.0 + 4.0 * coef[4] * coef[4])
 
-  ia = np.multiply.outer(coef[1], u)
-  ia += coef[0][:, None]
-  ib = np.multiply.outer(coef[3], u)
-  ib += coef[2][:, None]
-  idx = ia.astype(np.intp)
-  idx &= _TMASK
-  idx <<= _T.bit_length() - 1
-  jb = ib.astype(np.intp)
-  jb &= _TMASK
-  idx |= jb
+  ia = np.multiply.outer(coef[1], u) + coef[0][:, None]
+  ib = np.multiply.outer(coef[3], u) + coef[2][:, None]
+  idx = (ia.astype(np.intp) & _TMASK) << (_T.bit_length() - 1) | (ib.astype(np.intp) & _TMASK)
   values = np.empty((h, w), np.float32)
-  if split > 0:
-    _SURFACES[w_pat].take(idx[:split], out=values[:split])
-  if split < h:
-    _SURFACES[g_pat].take(idx[split:], out=values[split:])
-  values *= fade[:, None]
-  mean *= 1.0 - fade
-  values += mean[:, None]
+  _SURFACES[w_pat].take(idx[:split], out=values[:split])
+  _SURFACES[g_pat].take(idx[split:], out=values[split:])
+  values = values * fade[:, None] + (mean * (1.0 - fade))[:, None]
 
   albedo = np.empty((3, h, w), np.float32)
   colours = bg_colours * gain
   for rows, c0, c1 in ((slice(0, split), colours[2], colours[3]),
                        (slice(split, h), colours[0], colours[1])):
-    if rows.start < rows.stop:
-      out = albedo[:, rows]
-      np.multiply.outer(c1 - c0, values[rows], out=out)
-      out += c0[:, None, None]
+    out = albedo[:, rows]
+    np.multiply.outer(c1 - c0, values[rows], out=out)
+    out += c0[:, None, None]
 
   normals = np.empty((3, h, w), np.float32)
   normals[0] = 0.0
@@ -608,11 +558,7 @@ def _second_tone(colour: np.ndarray, other: np.ndarray) -> np.ndarray:
   textures and survives JPEG's chroma subsampling far better than two
   unrelated colours.
   """
-  tone = other - colour
-  tone *= 0.3
-  tone += colour * (0.35 + 0.45 * other[..., :1])
-  np.maximum(tone, 0.0, out=tone)
-  return np.minimum(tone, 1.0, out=tone)
+  return np.clip((other - colour) * 0.3 + colour * (0.35 + 0.45 * other[..., :1]), 0.0, 1.0)
 
 
 def _render_once(draws: np.ndarray, p: RenderParams, num_objects: int):
@@ -697,9 +643,7 @@ def _render_once(draws: np.ndarray, p: RenderParams, num_objects: int):
     if not silhouettes[i]:
       continue
     boxes_at.append((i, r0, r1, c0, c1))
-    d = sub[_RELIEF]
-    d *= -radius
-    d += depth_c
+    d = sub[_RELIEF] * -radius + depth_c
     zb = zbuf[r0:r1, c0:c1]
     write = d < zb
     np.copyto(zb, d, where=write)
@@ -744,15 +688,11 @@ def _render_once(draws: np.ndarray, p: RenderParams, num_objects: int):
   half /= np.linalg.norm(half)
   ambient = _lerp(p.min_ambient, p.max_ambient, s[_AMB])
   flat_n = normals.reshape(3, -1)
-  shade = (light * np.float32(1.0 - ambient)) @ flat_n
-  np.maximum(shade, 0.0, out=shade)
-  shade += ambient
-  image = albedo.reshape(3, -1)
-  image *= shade
+  shade = np.maximum((light * np.float32(1.0 - ambient)) @ flat_n, 0.0) + ambient
+  image = albedo.reshape(3, -1) * shade
   specular = _lerp(p.min_specular, p.max_specular, s[_SPEC])
   if specular > 0:
-    spec = (half * np.float32(specular ** (1 / 16))) @ flat_n  # spec * (n.h) ** 16
-    np.maximum(spec, 0.0, out=spec)
+    spec = np.maximum((half * np.float32(specular ** (1 / 16))) @ flat_n, 0.0)  # spec (n.h)^16
     for _ in range(4):
       spec *= spec
     image += np.multiply.outer(gain, spec)
@@ -760,50 +700,28 @@ def _render_once(draws: np.ndarray, p: RenderParams, num_objects: int):
   # Haze toward the horizon, then sensor noise.
   haze_colour = (180.0 + 60.0 * bg_colours[3]).astype(np.float32)[:, None]
   haze_distance = _lerp(p.min_haze_distance, p.max_haze_distance, s[_HAZE])
-  keep = depth.reshape(-1) * np.float32(-1.0 / haze_distance)
-  np.exp(keep, out=keep)
-  image -= haze_colour
-  image *= keep
-  image += haze_colour + 0.5  # + 0.5: round when truncating to uint8
+  keep = np.exp(depth.reshape(-1) * np.float32(-1.0 / haze_distance))
+  image = (image - haze_colour) * keep + (haze_colour + 0.5)  # + 0.5: round to uint8 below
   n_px = image.size
   bank = _noise_bank(n_px)
   start = int(s[_NOISE_OFF] * (bank.size - n_px))
   image += bank[start:start + n_px].reshape(3, -1) * np.float32(p.noise_std_max * s[_NOISE])
   np.clip(image, 0.0, 255.0, out=image)
-  planar = image.astype(np.uint8).reshape(3, h, w)
-  rgb = np.empty((h, w, 3), np.uint8)
-  for c in range(3):
-    rgb[..., c] = planar[c]
-
+  rgb = np.ascontiguousarray(image.astype(np.uint8).reshape(3, h, w).transpose(1, 2, 0))
   return Scene(
-      image=rgb,
-      semantic=semantic,
-      instances=instances,
-      depth=depth,
-      normals=np.stack((normals[0], normals[1], normals[2]), axis=-1),
-      boxes=np.asarray(box_list, np.float32).reshape(-1, 4),
-      classes=classes,
-      box_instance_ids=box_ids,
-      image_class=image_class,
-      silhouette_areas=silhouettes,
-      focal_length=float(focal),
-  )
+      image=rgb, semantic=semantic, instances=instances, depth=depth,
+      normals=np.ascontiguousarray(normals.transpose(1, 2, 0)),
+      boxes=np.asarray(box_list, np.float32).reshape(-1, 4), classes=classes,
+      box_instance_ids=box_ids, image_class=image_class, silhouette_areas=silhouettes)
 
 
 def render_scene(rng: np.random.Generator, params: RenderParams = RenderParams()) -> Scene:
-  """Renders one random scene.
+  """Renders one random scene from its stream (`scene_rng`).
 
   The first object is a large, near "main" object so that every scene has at
   least one box; if occlusion leaves the largest category without a box, the
   scene is redrawn from the same stream (so the result stays deterministic),
   and the last attempt draws the main object alone.
-
-  Args:
-    rng: the scene's random stream (see `scene_rng`).
-    params: world knobs.
-
-  Returns:
-    The rendered `Scene`.
   """
   span = params.max_objects - params.min_objects + 1
   for attempt in range(params.max_attempts):

@@ -18,7 +18,7 @@ The world labels every registered task that defines `world_label` (see
 `must.tasks`), so a new task module is labeled here without a change to this
 file. Every scene comes from its own random stream keyed by (seed, split, index), so
 splits are disjoint and the output is identical for the same config. Shards
-are written in parallel worker processes.
+are written in parallel worker processes, to any tf.io.gfile path (gs:// too).
 """
 import concurrent.futures
 import contextlib
@@ -29,6 +29,8 @@ import multiprocessing
 import os
 import time
 from typing import Iterator
+
+import tensorflow as tf
 
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
 from must import image_codec
@@ -164,12 +166,11 @@ def _shard_path(output_dir: str, job: _Job) -> str:
 
 def _write_job(config_dict: dict, output_dir: str, job: _Job) -> int:
   """Renders and writes one shard (or corpus folder); returns scenes written."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (worker process)
   config = WorldConfig(config_dict)
   params = render_params(config)
   schema = schema_lib.Schema({t: task_params()[t] for t in job.split.tasks})
   path = _shard_path(output_dir, job)
-  os.makedirs(path if job.split.files else os.path.dirname(path), exist_ok=True)
+  tf.io.gfile.makedirs(path if job.split.files else os.path.dirname(path))
   # Shards appear under their final name only when complete.
   writer = None if job.split.files else tf.io.TFRecordWriter(path + ".incomplete")
   for index in range(job.start, job.stop):
@@ -179,7 +180,8 @@ def _write_job(config_dict: dict, output_dir: str, job: _Job) -> int:
       png = rng.random() < config.corpus_png_fraction
       data = (image_codec.encode_png(scene.image) if png else
               image_codec.encode_jpeg(scene.image, config.jpeg_quality))
-      with open(os.path.join(path, f"{index:07d}.{'png' if png else 'jpg'}"), "wb") as f:
+      with tf.io.gfile.GFile(os.path.join(path, f"{index:07d}.{'png' if png else 'jpg'}"),
+                             "wb") as f:
         f.write(data)
       continue
     tasks = job.split.tasks
@@ -191,35 +193,29 @@ def _write_job(config_dict: dict, output_dir: str, job: _Job) -> int:
     writer.write(example.SerializeToString(deterministic=True))
   if writer is not None:
     writer.close()
-    os.replace(path + ".incomplete", path)
+    tf.io.gfile.rename(path + ".incomplete", path, overwrite=True)
   return job.stop - job.start
 
 
 def write_preview(config: WorldConfig, path: str) -> None:
   """A sheet of eval scenes with every label drawn (boxes, mask, depth, normals)."""
   params = render_params(config)
-  schema = schema_lib.Schema(task_params())
+  tasks = schema_lib.Schema(task_params()).tasks
   rows = []
   for index in range(config.preview_scenes):
     scene = scene_lib.render_scene(scene_lib.scene_rng(config.seed, "eval", index), params)
-    labels = {name: task.world_label(scene) for name, task in schema.tasks.items()}
-    rows.append(visualize.labels_panels(scene.image, labels, schema.tasks, category_names(),
-                                        top_k=1))
+    rows.append(visualize.labels_panels(scene.image, scene_labels(scene), tasks,
+                                        category_names(), top_k=1))
   visualize.save_png(visualize.grid(rows), path)
 
 
 def write_world(config: WorldConfig, output_dir: str, progress=print) -> dict:
-  """Writes every split, the preview and `world.json`; returns the metadata.
+  """Writes every split, the preview and `world.json` (returned) under `output_dir`.
 
-  Args:
-    config: a validated WorldConfig.
-    output_dir: local directory (created).
-    progress: called with one line of text as shards finish.
-
-  Returns:
-    The metadata also written to `world.json`.
+  `output_dir` is any tf.io.gfile directory; `progress` is called with one line
+  of text as shards finish.
   """
-  os.makedirs(output_dir, exist_ok=True)
+  tf.io.gfile.makedirs(output_dir)
   jobs = list(_jobs(config))
   total = sum(j.stop - j.start for j in jobs)
   start_time = time.perf_counter()
@@ -244,12 +240,10 @@ def write_world(config: WorldConfig, output_dir: str, progress=print) -> dict:
   sizes = config.sizes.as_dict()
   splits = {}
   for split in _splits():
-    if split.files:
-      pattern = os.path.join(output_dir, "corpus/images/*/*")
-    else:
-      pattern = os.path.join(output_dir, f"{split.path}-*.tfrecord")
-    splits[split.name] = {"pattern": pattern, "count": sizes[split.name],
-                          "tasks": list(split.tasks), "partial": split.partial}
+    pattern = "corpus/images/*/*" if split.files else f"{split.path}-*.tfrecord"
+    splits[split.name] = {"pattern": os.path.join(output_dir, pattern),
+                          "count": sizes[split.name], "tasks": list(split.tasks),
+                          "partial": split.partial}
   metadata = {
       "schema_version": schema_lib.SCHEMA_VERSION,
       "categories": category_names(),
@@ -262,16 +256,16 @@ def write_world(config: WorldConfig, output_dir: str, progress=print) -> dict:
       "seconds": round(seconds, 3),
       "scenes_per_second": round(total / max(seconds, 1e-9), 1),
   }
-  with open(os.path.join(output_dir, "world.json"), "w") as f:
+  with tf.io.gfile.GFile(os.path.join(output_dir, "world.json"), "w") as f:
     json.dump(metadata, f, indent=2)
   return metadata
 
 
 def load_metadata(world_dir: str) -> dict:
-  """Reads `world.json` of a written world, naming the path when it is missing."""
+  """Reads `world.json` of a written world (any tf.io.gfile path), naming it when missing."""
   path = os.path.join(world_dir, "world.json")
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"{path} does not exist: write the world first "
                             "(python -m must.world.generate --output_dir ...)")
-  with open(path) as f:
+  with tf.io.gfile.GFile(path) as f:
     return json.load(f)

@@ -14,6 +14,7 @@ import yaml
 
 from must import schema as schema_lib
 from must.tasks import depth as depth_task
+from must.tasks import heads
 from must.tasks.depth import DepthLabel
 from official.core import exp_factory
 from official.core import task_factory
@@ -183,7 +184,7 @@ def test_input_pipeline_reads_the_world_with_inverse_depth_targets(world):
   images, labels = next(iter(task.build_inputs(config.task.validation_data)))
   assert images.shape == (4, 64, 64, 3) and images.dtype == tf.float32
   assert labels["target"].shape == (4, 64, 64) and labels["target"].dtype == tf.float32
-  assert labels["valid"].dtype == tf.bool and labels["metric"].numpy().all()
+  assert labels["valid"].dtype == tf.bool
 
   first = next(iter(tf.data.TFRecordDataset(shard)))
   decoded = schema_lib.Schema({"depth": {}}).decode(first)
@@ -191,7 +192,7 @@ def test_input_pipeline_reads_the_world_with_inverse_depth_targets(world):
   ok = decoded["depth"]["valid"].numpy()
   np.testing.assert_array_equal(labels["valid"][0].numpy(), ok)
   np.testing.assert_allclose(labels["target"][0].numpy()[ok], 1.0 / metric_depth[ok], rtol=1e-6)
-  np.testing.assert_allclose(images[0], depth.normalize_images(decoded["image"]), atol=1e-6)
+  np.testing.assert_allclose(images[0], heads.normalize_images(decoded["image"]), atol=1e-6)
   assert abs(float(tf.reduce_mean(images))) < 2.0  # normalized, not 0..255
 
 
@@ -230,7 +231,6 @@ def test_relative_inverse_pseudo_labels_are_used_as_they_are():
                           image_format="png")
   decoded = schema.decode(example.SerializeToString())
   _, labels = depth.Parser([8, 8])._parse_eval_data(decoded)  # pylint: disable=protected-access
-  assert not labels["metric"]
   assert not labels["valid"][0, 0] and labels["valid"].numpy().sum() == 63
   np.testing.assert_allclose(labels["target"].numpy()[1:], values[1:], atol=2.0 / 65534)
 
@@ -255,7 +255,7 @@ def test_a_few_training_steps_checkpoint_evaluate_and_serve(world, tmp_path):
   assert set(outputs) == {"depth"}
   assert outputs["depth"].shape == (2, 32, 32) and outputs["depth"].dtype == tf.float32
   expected = depth.outputs_to_inverse_depth(
-      model(depth.normalize_images(images), training=False), [32, 32])
+      model(heads.normalize_images(images), training=False), [32, 32])
   np.testing.assert_allclose(outputs["depth"], expected, rtol=1e-5, atol=1e-6)
 
 

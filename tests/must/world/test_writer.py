@@ -136,3 +136,19 @@ def test_bad_config_file_is_named(tmp_path):
     configs.load(writer.WorldConfig(), str(path))
   with pytest.raises(configs.ConfigError, match="cannot read"):
     configs.load(writer.WorldConfig(), str(tmp_path / "missing.yaml"))
+
+
+def test_writes_and_reads_a_world_on_any_gfile_path(tmp_path, monkeypatch):
+  # ram:// stands in for gs://: every file of the world goes through tf.io.gfile.
+  monkeypatch.chdir(tmp_path)  # where the old os.makedirs would make a local "ram:" folder
+  sizes = {name: 2 for name in writer.SplitSizes().as_dict()}
+  config = configs.load(writer.WorldConfig(), TINY, {"sizes": sizes, "preview_scenes": 1})
+  output_dir = "ram://world"
+  metadata = writer.write_world(config, output_dir, progress=lambda line: None)
+  assert writer.load_metadata(output_dir) == metadata
+  assert tf.io.gfile.exists(f"{output_dir}/preview.png")
+  assert len(tf.io.gfile.glob(metadata["splits"]["corpus"]["pattern"])) == 2
+  eval_files = tf.io.gfile.glob(metadata["splits"]["eval"]["pattern"])
+  assert len(list(tf.data.TFRecordDataset(eval_files))) == 2
+  with pytest.raises(FileNotFoundError, match="ram://nowhere/world.json does not exist"):
+    writer.load_metadata("ram://nowhere")
