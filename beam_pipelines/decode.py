@@ -34,6 +34,7 @@ TOO_MANY_PIXELS = "too_many_pixels"
 UNREADABLE = "unreadable"
 BAD_EXAMPLE = "bad_example"
 _REASONS = (EMPTY, NOT_AN_IMAGE, TRUNCATED, TOO_MANY_PIXELS, UNREADABLE, BAD_EXAMPLE)
+FILTERS = (TOO_MANY_PIXELS,)  # reasons that are deliberate (a limit the run set), not failures
 DEFAULT_MAX_PIXELS = 50_000_000
 _ORIENTATION = 0x0112  # the EXIF orientation tag
 

@@ -47,6 +47,8 @@ import dataclasses
 import inspect
 import json
 import logging
+import types as types_lib
+import typing
 from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence
 
 import apache_beam as beam
@@ -88,6 +90,12 @@ class PseudoLabelOptions(common.DataOptions, pipeline_options.PipelineOptions):
                         help="YAML: teachers (task, path, batch_size), thresholds.")
     parser.add_argument("--max_pixels", type=int, default=decode.DEFAULT_MAX_PIXELS,
                         help="Images with more pixels go to the dead letters.")
+    parser.add_argument("--max_failure_fraction", type=float, default=0.05,
+                        help="Exit non-zero (after writing the summary and dead letters) "
+                        "when more than this fraction of the inputs fail (dead letters but "
+                        "deliberate filters such as --max_pixels). 0.05: a crawled corpus "
+                        "holds a few percent of broken files; more means something "
+                        "systematic (a wrong format, threshold or teacher).")
     parser.add_argument("--inference_mode", default=FUSED, choices=(FUSED, PER_TEACHER),
                         help="One handler running every teacher per batch, or one "
                         "RunInference per teacher joined by image id.")
@@ -166,13 +174,29 @@ def resolve_config(raw: Mapping[str, Any], where: str = "teachers config",
     tasks_lib.get(task)
     task_params[task] = dict(params or {})
   schema = schema_lib.Schema(task_params)
-  for task, kwargs in thresholds.items():  # Unknown names fail here, not on workers.
-    accepted = set(inspect.signature(schema.tasks[task].pseudo_label).parameters) - {
-        "outputs", "image_size"}
-    if set(kwargs) - accepted:
-      raise ValueError(f"{where}: unknown {task} thresholds {sorted(set(kwargs) - accepted)}; "
-                       f"valid: {sorted(accepted)}")
+  for task, kwargs in thresholds.items():  # Bad names and types fail here, not on workers.
+    _check_thresholds(schema.tasks[task], kwargs, f"{where}: thresholds.{task}")
   return {"teachers": teachers, "thresholds": thresholds, "task_params": task_params}
+
+
+def _check_thresholds(task: tasks_lib.Task, kwargs: Mapping[str, Any], where: str) -> None:
+  """Raises unless every threshold is a keyword of the task's `pseudo_label`
+  with a value of its annotated type (an int where a float is expected is fine)."""
+  hints = typing.get_type_hints(task.pseudo_label)
+  accepted = set(inspect.signature(task.pseudo_label).parameters) - {"outputs", "image_size"}
+  for key, value in kwargs.items():
+    if key not in accepted:
+      raise ValueError(f"{where}: unknown threshold {key!r}; valid: {sorted(accepted)}")
+    expected = hints.get(key)
+    if expected is None:
+      continue
+    union = typing.get_origin(expected) in (typing.Union, types_lib.UnionType)
+    allowed = typing.get_args(expected) if union else (expected,)
+    numeric = (int, float) if float in allowed else ()
+    if isinstance(value, bool) and bool not in allowed or not isinstance(value, (*allowed, *numeric)):
+      name = getattr(expected, "__name__", str(expected))
+      raise ValueError(f"{where}.{key} must be {name}, got {value!r} "
+                       f"({type(value).__name__})")
 
 
 def _mapping(config: hyperparams.Config | None) -> dict:
@@ -451,10 +475,26 @@ def run_config(options: PseudoLabelOptions) -> dict:
       "input_pattern": view.input_pattern, "input_format": view.input_format,
       "output_dir": view.output_dir, "num_shards": view.num_shards,
       "max_pixels": view.max_pixels, "inference_mode": view.inference_mode,
+      "max_failure_fraction": view.max_failure_fraction,
       "teachers_config": view.teachers_config,
       "runner": options.view_as(pipeline_options.StandardOptions).runner,
   }
   return config
+
+
+def failure_budget_error(summary: Mapping[str, Any], max_fraction: float) -> str | None:
+  """One line naming the failures when they exceed `max_fraction` of the inputs, else None.
+
+  Failures are the dead letters of every reason but the deliberate filters
+  (`decode.FILTERS`).
+  """
+  reasons = {r: n for r, n in summary["dead_letter_reasons"].items() if r not in decode.FILTERS}
+  failed, images_in = sum(reasons.values()), summary["counts"]["images_in"]
+  if failed <= max_fraction * images_in:
+    return None
+  top = ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+  return (f"{failed} of {images_in} inputs failed ({failed / images_in:.1%} > "
+          f"--max_failure_fraction {max_fraction}); top reasons: {top}")
 
 
 def run(argv: Sequence[str] | None = None, loader=None) -> dict:
@@ -464,7 +504,11 @@ def run(argv: Sequence[str] | None = None, loader=None) -> dict:
   common.run_pipeline(options, lambda p: p | "PseudoLabel" >> PseudoLabel(config, loader),
                       _NAMESPACE)
   summary_path = common.join(config["options"]["output_dir"], SUMMARY_FILE)
-  return json.loads(common.read_text(summary_path))
+  summary = json.loads(common.read_text(summary_path))
+  error = failure_budget_error(summary, config["options"]["max_failure_fraction"])
+  if error:
+    raise SystemExit(f"{error} (see {summary_path} and its dead letters)")
+  return summary
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -64,7 +64,8 @@ def test_pipeline_over_a_corpus_with_bad_files(classification_teacher, tiny_worl
 
   summary = pseudo_label.run([
       "--runner=DirectRunner", f"--input_pattern={corpus}/*/*",
-      f"--teachers_config={config_path}", f"--output_dir={output_dir}", "--num_shards=2"])
+      f"--teachers_config={config_path}", f"--output_dir={output_dir}", "--num_shards=2",
+      "--max_failure_fraction=0.5"])
 
   assert summary["counts"] == {"images_in": len(good) + 3, "examples_out": len(good),
                                "dead_letters": 3, "balanced": True}

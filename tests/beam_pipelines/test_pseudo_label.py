@@ -234,3 +234,38 @@ def test_ground_truth_overrides_pseudo_labels(tmp_path, tiny_world):
   summary = _summary(config)
   assert summary["counts"]["balanced"] and summary["counts"]["images_in"] == len(inputs)
   assert sum(t["ground_truth"] for t in summary["tasks"].values()) == kept
+
+
+def test_threshold_types_are_checked_at_load(tmp_path):
+  teachers = fake_teachers.write(str(tmp_path / "teachers"))
+  good = [{"task": t, "path": p} for t, p in teachers.items()]
+  with pytest.raises(ValueError, match=r"thresholds\.detection\.min_score must be float, got 'high'"):
+    pseudo_label.resolve_config({"teachers": good, "thresholds": {"detection": {"min_score": "high"}}})
+  with pytest.raises(ValueError, match=r"classification\.top_k must be int \| None"):
+    pseudo_label.resolve_config({"teachers": good, "thresholds": {"classification": {"top_k": "many"}}})
+  config = pseudo_label.resolve_config({"teachers": good, "thresholds": {
+      "detection": {"min_score": 1}, "classification": {"top_k": None}}})
+  assert config["thresholds"]["detection"] == {"min_score": 1}
+
+
+def _run_binary(tmp_path, pattern, *flags):
+  teachers = fake_teachers.write(str(tmp_path / "teachers"))
+  config_path = tmp_path / "teachers.yaml"
+  config_path.write_text(json.dumps(
+      {"teachers": [{"task": t, "path": p, "batch_size": 2} for t, p in teachers.items()]}))
+  return pseudo_label.run(["--runner=DirectRunner", f"--input_pattern={pattern}",
+                           f"--teachers_config={config_path}",
+                           f"--output_dir={tmp_path / 'out'}", *flags],
+                          loader=fake_teachers.load)
+
+
+def test_failures_over_the_budget_exit_non_zero_after_writing_the_summary(tmp_path):
+  pattern = _corpus(tmp_path / "corpus")  # 3 of 7 inputs fail
+  with pytest.raises(SystemExit, match=r"^3 of 7 inputs failed \(42\.9% > --max_failure_fraction "
+                     r"0\.05\); top reasons: .*not_an_image: 1"):
+    _run_binary(tmp_path, pattern)
+  with open(tmp_path / "out" / "summary.json") as f:
+    assert json.load(f)["counts"]["dead_letters"] == 3
+  assert len((tmp_path / "out" / "dead_letters.jsonl").read_text().splitlines()) == 3
+  summary = _run_binary(tmp_path, pattern, "--max_failure_fraction=0.5")
+  assert summary["counts"]["examples_out"] == len(SIZES)
