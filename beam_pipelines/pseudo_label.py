@@ -75,6 +75,7 @@ EXAMPLES_PREFIX = "pseudo_labeled"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"
 SUMMARY_FILE = "summary.json"
 LABELING_FAILED = "labeling_failed"
+FILENAME_KEY = "image/filename"
 _NAMESPACE = "pseudo_label"
 
 
@@ -297,9 +298,10 @@ class RunTeachers(beam.PTransform):
 class MakeExamplesFn(beam.DoFn):
   """(element, outputs) -> serialized tf.Example, plus its stats on 'stats'.
 
-  Tasks with ground truth in the input example keep it (copied feature by
-  feature, provenance included); every other task with a teacher gets the
-  pseudo label. A failure goes to the dead letters, keeping the counts
+  Tasks with ground truth in the input example keep it; every other task with
+  a teacher gets the pseudo label. Every other feature of the input (ground
+  truth of tasks without a teacher in this run included, with provenance)
+  passes through untouched. A failure goes to the dead letters, keeping the counts
   balanced.
   """
 
@@ -335,7 +337,7 @@ class MakeExamplesFn(beam.DoFn):
     yield beam.pvalue.TaggedOutput("stats", stats)
 
   def _make(self, element: decode.Decoded, outputs: Mapping[str, Any]):
-    truth = [t for t in decode.ground_truth_tasks(element.example) if t in self.schema.tasks]
+    truth = decode.ground_truth_tasks(element.example)
     labels, stats = {}, {}
     for task, task_outputs in outputs.items():
       if task in truth:
@@ -350,17 +352,17 @@ class MakeExamplesFn(beam.DoFn):
         element.image, labels, provenance={t: self.provenance[t] for t in labels},
         encoded=element.encoded, image_format=element.image_format, source_id=element.id)
     feature = example.features.feature
-    if truth:
-      source = element.example.features.feature
+    if element.example is not None:  # Every input feature but the new labels' passes through.
+      replaced = {key for task in labels for key in (
+          *self.schema.tasks[task].feature_spec(), schema_lib.source_key(task),
+          schema_lib.model_key(task))}
+      for key, value in element.example.features.feature.items():
+        if key not in feature and key not in replaced and key != FILENAME_KEY:
+          feature[key].CopyFrom(value)
       for task in truth:
-        keys = [*self.schema.tasks[task].feature_spec(), schema_lib.source_key(task),
-                schema_lib.model_key(task)]
-        for key in keys:
-          if key in source:
-            feature[key].CopyFrom(source[key])
         stats[task] = {"source": schema_lib.GROUND_TRUTH}
         self.kept.inc()
-    feature["image/filename"].bytes_list.value.append(element.path.encode())
+    feature[FILENAME_KEY].bytes_list.value.append(element.path.encode())
     return example.SerializeToString(deterministic=True), stats
 
 
@@ -373,9 +375,11 @@ def _counted(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]
 
 def _summarize(totals: dict[str, dict[str, Any]],
                task_params: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-  schema = schema_lib.Schema({task: task_params.get(task, {}) for task in totals})
+  # Tasks passed through without parameters (no teacher, no task_params) get their counts only.
+  schema = schema_lib.Schema({task: task_params[task] for task in totals if task in task_params})
   for task, task_totals in totals.items():
-    task_totals.update(schema.tasks[task].stats_summary(task_totals))
+    if task in schema.tasks:
+      task_totals.update(schema.tasks[task].stats_summary(task_totals))
     if "min" in task_totals:
       task_totals["range"] = [task_totals.pop("min"), task_totals.pop("max")]
   return totals

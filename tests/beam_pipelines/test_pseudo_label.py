@@ -269,3 +269,31 @@ def test_failures_over_the_budget_exit_non_zero_after_writing_the_summary(tmp_pa
   assert len((tmp_path / "out" / "dead_letters.jsonl").read_text().splitlines()) == 3
   summary = _run_binary(tmp_path, pattern, "--max_failure_fraction=0.5")
   assert summary["counts"]["examples_out"] == len(SIZES)
+
+
+def test_ground_truth_of_tasks_without_a_teacher_passes_through(tmp_path, tiny_world):
+  pattern = os.path.join(tiny_world, "transfer/train-*.tfrecord")  # every task the world labels
+  inputs = {}
+  for record in tf.data.TFRecordDataset(sorted(glob.glob(pattern))):
+    example = tf.train.Example.FromString(record.numpy())
+    inputs[example.features.feature["image/source_id"].bytes_list.value[0]] = example
+  teachers = fake_teachers.write(str(tmp_path / "teachers"), tasks=fake_teachers.TASKS[:1])
+  config = pseudo_label.resolve_config(
+      {"teachers": [{"task": t, "path": p, "batch_size": 2} for t, p in teachers.items()]})
+  config["options"] = {"input_pattern": pattern, "input_format": pseudo_label.TFRECORD,
+                       "output_dir": str(tmp_path / "out"), "num_shards": 1,
+                       "max_pixels": 1_000_000, "inference_mode": pseudo_label.FUSED}
+  records = _run(config)
+  assert len(records) == len(inputs)
+  passed = set()
+  for record in records:
+    out = tf.train.Example.FromString(record).features.feature
+    source = inputs[out["image/source_id"].bytes_list.value[0]].features.feature
+    for key, value in source.items():
+      if key != "image/filename":
+        assert out[key] == value, key  # every label of the input, teacher or not
+    passed |= {k.split("/")[1] for k in source if k.startswith("must/") and k.endswith("/source")}
+  assert len(passed) > len(fake_teachers.TASKS)  # the transfer task's labels too
+  tasks = _summary(config)["tasks"]
+  assert set(tasks) == passed
+  assert all(t["ground_truth"] == len(inputs) for t in tasks.values())
