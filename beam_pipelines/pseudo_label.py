@@ -30,7 +30,10 @@ labelled composite transform, with the image id as the key throughout:
                   per-task label statistics, dead-letter reasons, the resolved
                   config and the teacher versions
 
-Images in = examples out + dead letters, and the summary says whether it holds.
+Identical image content at several paths (the same id) is one record, of the
+first path, listing every path in `must/source_paths`; the summary counts the
+other copies as duplicates. Images in = examples out + dead letters +
+duplicates, and the summary says whether it holds.
 
 The teachers config (YAML):
 
@@ -55,6 +58,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.ml.inference import base as inference_base
 from apache_beam.options import pipeline_options
+import tensorflow as tf
 import yaml
 
 import must  # noqa: F401  (legacy Keras switch before TensorFlow loads)
@@ -76,6 +80,8 @@ DEAD_LETTERS_FILE = "dead_letters.jsonl"
 SUMMARY_FILE = "summary.json"
 LABELING_FAILED = "labeling_failed"
 FILENAME_KEY = "image/filename"
+SOURCE_PATHS_KEY = "must/source_paths"  # every path of an image found at several
+DUPLICATES = "duplicates"
 _NAMESPACE = "pseudo_label"
 
 
@@ -296,7 +302,7 @@ class RunTeachers(beam.PTransform):
 
 
 class MakeExamplesFn(beam.DoFn):
-  """(element, outputs) -> serialized tf.Example, plus its stats on 'stats'.
+  """(element, outputs) -> (id, (path, serialized tf.Example, its task stats)).
 
   Tasks with ground truth in the input example keep it; every other task with
   a teacher gets the pseudo label. Every other feature of the input (ground
@@ -333,8 +339,7 @@ class MakeExamplesFn(beam.DoFn):
       return
     self.out.inc()
     self.progress.add("images labeled")
-    yield record
-    yield beam.pvalue.TaggedOutput("stats", stats)
+    yield element.id, (element.path, record, stats)
 
   def _make(self, element: decode.Decoded, outputs: Mapping[str, Any]):
     truth = decode.ground_truth_tasks(element.example)
@@ -364,6 +369,40 @@ class MakeExamplesFn(beam.DoFn):
         self.kept.inc()
     feature[FILENAME_KEY].bytes_list.value.append(element.path.encode())
     return example.SerializeToString(deterministic=True), stats
+
+
+def _one_per_id(item) -> Iterator[Any]:
+  """(id, [(path, record, stats)]) -> the record of the first path, with every
+  path in `SOURCE_PATHS_KEY` when there are several; its stats on 'stats' and
+  the number of other copies on 'duplicates'."""
+  _, copies = item
+  copies = sorted(copies, key=lambda copy: copy[0])
+  path, record, stats = copies[0]
+  if len(copies) > 1:
+    example = tf.train.Example.FromString(record)
+    example.features.feature[SOURCE_PATHS_KEY].bytes_list.value.extend(
+        copy[0].encode() for copy in copies)
+    record = example.SerializeToString(deterministic=True)
+    yield beam.pvalue.TaggedOutput(DUPLICATES, len(copies) - 1)
+  yield record
+  yield beam.pvalue.TaggedOutput("stats", stats)
+
+
+class OnePerImage(beam.PTransform):
+  """(id, (path, record, stats)) -> {'records': one per image content,
+  'stats': theirs, 'duplicates': one int, the copies dropped}.
+
+  Identical content (the same id) at several paths becomes one record of the
+  first path that lists every path (`SOURCE_PATHS_KEY`).
+  """
+
+  def expand(self, made):
+    kept = (made
+            | "ById" >> beam.GroupByKey()
+            | "First" >> beam.FlatMap(_one_per_id).with_outputs(
+                DUPLICATES, "stats", main="records"))
+    return {"records": kept.records, "stats": kept.stats,
+            "duplicates": kept[DUPLICATES] | "Sum" >> beam.CombineGlobally(sum)}
 
 
 def _counted(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -405,13 +444,13 @@ class LabelStats(beam.PTransform):
 
 
 def make_summary(_, images_in: int, examples_out: int, reasons: dict, task_stats: dict,
-                 config: Mapping[str, Any]) -> str:
+                 config: Mapping[str, Any], duplicates: int = 0) -> str:
   """The run summary as JSON text."""
   dead = sum(reasons.values())
   return json.dumps({
       "counts": {"images_in": images_in, "examples_out": examples_out,
-                 "dead_letters": dead,
-                 "balanced": images_in == examples_out + dead},
+                 "dead_letters": dead, DUPLICATES: duplicates,
+                 "balanced": images_in == examples_out + dead + duplicates},
       "dead_letter_reasons": reasons,
       "tasks": task_stats,
       "teachers": {t["task"]: f"{t['name']}@{t['version']}" for t in config["teachers"]},
@@ -446,8 +485,9 @@ class PseudoLabel(beam.PTransform):
     inferred = read["decoded"] | "RunTeachers" >> RunTeachers(
         specs, self.loader, options["inference_mode"])
     made = inferred | "MakeExamples" >> beam.ParDo(MakeExamplesFn(self.config)).with_outputs(
-        decode.DEAD_LETTERS, "stats", main="records")
-    records = made.records
+        decode.DEAD_LETTERS, main="records")
+    kept = made.records | "OnePerImage" >> OnePerImage()
+    records = kept["records"]
     dead_letters = ((read["dead_letters"], made[decode.DEAD_LETTERS])
                     | "AllDeadLetters" >> beam.Flatten())
 
@@ -459,13 +499,14 @@ class PseudoLabel(beam.PTransform):
 
     examples_out = records | "CountOut" >> beam.combiners.Count.Globally()
     reasons = dead_letters | "CountReasons" >> common.CountReasons()
-    task_stats = made.stats | "TaskStats" >> LabelStats(self.config["task_params"])
+    task_stats = kept["stats"] | "TaskStats" >> LabelStats(self.config["task_params"])
     summary = (pbegin
                | "One" >> beam.Create([None])
                | "Summary" >> beam.Map(
                    make_summary, beam.pvalue.AsSingleton(read["count"]),
                    beam.pvalue.AsSingleton(examples_out), beam.pvalue.AsSingleton(reasons),
-                   beam.pvalue.AsSingleton(task_stats), self.config))
+                   beam.pvalue.AsSingleton(task_stats), self.config,
+                   beam.pvalue.AsSingleton(kept["duplicates"])))
     summary | "WriteSummary" >> common.WriteSingleFile(common.join(output_dir, SUMMARY_FILE))
     return {"records": records, "dead_letters": dead_letters, "summary": summary}
 

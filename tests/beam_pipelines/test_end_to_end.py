@@ -68,7 +68,7 @@ def test_pipeline_over_a_corpus_with_bad_files(classification_teacher, tiny_worl
       "--max_failure_fraction=0.5"])
 
   assert summary["counts"] == {"images_in": len(good) + 3, "examples_out": len(good),
-                               "dead_letters": 3, "balanced": True}
+                               "dead_letters": 3, "duplicates": 0, "balanced": True}
   assert summary["teachers"] == {"classification": "must_classification_teacher@random"}
   shards = sorted(glob.glob(str(output_dir / "pseudo_labeled-*-of-00002.tfrecord")))
   assert len(shards) == 2

@@ -105,7 +105,7 @@ def test_count_balance_and_summary(default_run):
   summary = _summary(config)
   counts = summary["counts"]
   assert counts == {"images_in": len(SIZES) + len(BAD), "examples_out": len(SIZES),
-                    "dead_letters": len(BAD), "balanced": True}
+                    "dead_letters": len(BAD), "duplicates": 0, "balanced": True}
   assert len(records) == len(SIZES)
   assert summary["dead_letter_reasons"] == {"empty": 1, "not_an_image": 1,
                                             "truncated_or_corrupt": 1}
@@ -297,3 +297,26 @@ def test_ground_truth_of_tasks_without_a_teacher_passes_through(tmp_path, tiny_w
   tasks = _summary(config)["tasks"]
   assert set(tasks) == passed
   assert all(t["ground_truth"] == len(inputs) for t in tasks.values())
+
+
+def test_identical_content_at_several_paths_is_one_record_with_every_path(tmp_path):
+  pattern = _corpus(tmp_path / "corpus")
+  copies = tmp_path / "corpus" / "part-001"
+  os.makedirs(copies)
+  original = tmp_path / "corpus" / "part-000" / "0.png"
+  for name in ("a.png", "b.png"):
+    (copies / name).write_bytes(original.read_bytes())
+  config = _config(tmp_path, pattern)
+  records = _run(config)
+  assert len(records) == len(SIZES)
+  ids = [tf.train.Example.FromString(r).features.feature["image/source_id"].bytes_list.value[0]
+         for r in records]
+  assert len(set(ids)) == len(ids)
+  paths = [list(tf.train.Example.FromString(r).features.feature[
+      pseudo_label.SOURCE_PATHS_KEY].bytes_list.value) for r in records]
+  assert sorted(p for p in paths if p) == [sorted(
+      str(p).encode() for p in (original, copies / "a.png", copies / "b.png"))]
+  counts = _summary(config)["counts"]
+  assert counts == {"images_in": len(SIZES) + len(BAD) + 2, "examples_out": len(SIZES),
+                    "dead_letters": len(BAD), "duplicates": 2, "balanced": True}
+  assert sum(_summary(config)["tasks"]["classification"]["class_histogram"].values()) == len(SIZES)
