@@ -12,6 +12,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from must import image_codec
+
 Features = dict[str, tf.train.Feature]
 FeatureSpec = dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]
 
@@ -117,6 +119,9 @@ class Task(abc.ABC):
   # paper's rule w = (b_s * lr_t) / (b_t * lr_s) from the teacher's metadata;
   # 'fixed' uses 1 (the paper weighs depth on its own).
   student_loss_weight_rule: ClassVar[str] = "teacher"
+  # Image formats this task's exported records may store; others are re-encoded
+  # as the first (what the stock Model Garden parser of the task decodes).
+  record_image_formats: ClassVar[tuple[str, ...]] = image_codec.FORMATS
 
   @abc.abstractmethod
   def features(self, label: Any, image_size: tuple[int, int]) -> Features:
