@@ -347,8 +347,9 @@ class MakeExamplesFn(beam.DoFn):
     for task, task_outputs in outputs.items():
       if task in truth:
         continue
-      resized = inference.resize_outputs(task_outputs, self.teachers[task]["input_size"],
-                                         element.image_size)
+      resized = inference.resize_outputs(
+          task_outputs, self.teachers[task]["input_size"], element.image_size,
+          keep=self.schema.tasks[task].outputs_at_teacher_size)
       labels[task] = self.schema.tasks[task].pseudo_label(
           resized, element.image_size, **self.config["thresholds"].get(task, {}))
       stats[task] = {"source": schema_lib.PSEUDO,

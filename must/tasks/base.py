@@ -122,6 +122,9 @@ class Task(abc.ABC):
   # Image formats this task's exported records may store; others are re-encoded
   # as the first (what the stock Model Garden parser of the task decodes).
   record_image_formats: ClassVar[tuple[str, ...]] = image_codec.FORMATS
+  # Dense teacher outputs `pseudo_label` takes at the teacher's size and maps to
+  # the image itself (so a [H, W, C] map is never expanded to a large image).
+  outputs_at_teacher_size: ClassVar[tuple[str, ...]] = ()
 
   @abc.abstractmethod
   def features(self, label: Any, image_size: tuple[int, int]) -> Features:
@@ -147,7 +150,8 @@ class Task(abc.ABC):
 
     Args:
       outputs: the teacher signature's outputs for one image (no batch
-        dimension), dense maps already resized to the stored image's size.
+        dimension), dense maps already resized to the stored image's size
+        but those named in `outputs_at_teacher_size`.
       image_size: (height, width) of the stored image.
       **thresholds: the task's pseudo-labeling thresholds (e.g. min_score).
     """

@@ -4,6 +4,7 @@ import glob
 import io
 import json
 import os
+import tracemalloc
 
 import apache_beam as beam
 from apache_beam.options import pipeline_options
@@ -14,6 +15,8 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from beam_pipelines import decode
+from beam_pipelines import inference
 from beam_pipelines import pseudo_label
 from must import schema as schema_lib
 from must.tasks import segmentation
@@ -320,3 +323,51 @@ def test_identical_content_at_several_paths_is_one_record_with_every_path(tmp_pa
   assert counts == {"images_in": len(SIZES) + len(BAD) + 2, "examples_out": len(SIZES),
                     "dead_letters": len(BAD), "duplicates": 2, "balanced": True}
   assert sum(_summary(config)["tasks"]["classification"]["class_histogram"].values()) == len(SIZES)
+
+
+def _segmentation_outputs(seed: int, size=(16, 16), block: int = 4) -> dict:
+  """Teacher probabilities, constant over blocks of block x block teacher pixels."""
+  rng = np.random.default_rng(seed)
+  blocks = rng.dirichlet(np.full(fake_teachers.NUM_CLASSES, 0.3),
+                         (size[0] // block, size[1] // block)).astype(np.float32)
+  return {"probs": np.repeat(np.repeat(blocks, block, 0), block, 1)}
+
+
+@pytest.mark.parametrize("image_size", [(37, 53), (64, 80), (8, 8)])
+def test_segmentation_labels_equal_the_full_resolution_recipe_inside_classes(image_size):
+  task = segmentation.Segmentation(fake_teachers.NUM_CLASSES)
+  outputs = _segmentation_outputs(sum(image_size))
+  teacher_size = outputs["probs"].shape[:2]
+  full = inference.resize_outputs(outputs, teacher_size, image_size)["probs"]  # the old way
+  expected = np.argmax(full, -1).astype(np.uint8)
+  expected[full.max(-1) < 0.5] = segmentation.IGNORE_LABEL
+  kept = inference.resize_outputs(outputs, teacher_size, image_size,
+                                  keep=task.outputs_at_teacher_size)
+  assert kept["probs"].shape[:2] == teacher_size
+  mask = task.pseudo_label(kept, image_size).mask
+  assert mask.shape == image_size
+  # Where the teacher pixels a pixel interpolates lie in one block, both agree.
+  inside = np.ones(image_size, bool)
+  for axis, (n, source) in enumerate(zip(image_size, teacher_size)):
+    coordinate = np.clip((np.arange(n) + 0.5) * source / n - 0.5, 0, source - 1)
+    same = np.floor(coordinate) // 4 == np.minimum(np.floor(coordinate) + 1, source - 1) // 4
+    inside &= same[:, None] if axis == 0 else same[None, :]
+  assert inside.mean() > 0.4
+  np.testing.assert_array_equal(mask[inside], expected[inside])
+
+
+def test_labeling_memory_does_not_hold_probabilities_at_image_size():
+  height, width, classes = 1500, 2000, fake_teachers.NUM_CLASSES
+  config = {"task_params": {"segmentation": {"num_classes": classes}}, "thresholds": {},
+            "teachers": [{"task": "segmentation", "name": "fake", "version": "v1",
+                          "input_size": [16, 16]}]}
+  make = pseudo_label.MakeExamplesFn(config)
+  make.setup()
+  image = np.zeros((height, width, 3), np.uint8)
+  element = decode.Decoded("1", "x.png", image, b"png bytes", "png")
+  tracemalloc.start()
+  _, (_, record, _) = next(iter(make.process((element, {"segmentation": _segmentation_outputs(0)}))))
+  _, peak = tracemalloc.get_traced_memory()
+  tracemalloc.stop()
+  assert record
+  assert peak < height * width * classes * 4 / 4  # a float32 [H, W, C] is four times this
