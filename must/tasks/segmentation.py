@@ -68,11 +68,10 @@ class Segmentation(base.Task):
     """Per-pixel argmax class; pixels whose top probability is under
     `min_confidence` get IGNORE_LABEL (the paper's recipe, 0.5).
 
-    The class and its probability are taken at the teacher's size and mapped
-    to the image, the class by nearest neighbour, the probability bilinearly:
-    memory stays O(H x W) whatever the number of classes. Wherever the nearest
-    teacher pixels agree on the class, that is the argmax and max of the
-    bilinearly resized probabilities.
+    The label is made at the teacher's size and mapped to the image by
+    nearest neighbour, so memory stays one byte per image pixel whatever the
+    number of classes. Wherever the teacher pixels a pixel lies between agree,
+    it is the label of the bilinearly resized probabilities.
 
     Args:
       outputs: one image's teacher outputs; `probs` is float [h, w, C] at the
@@ -88,12 +87,10 @@ class Segmentation(base.Task):
       raise ValueError(f"the segmentation teacher gives {probs.shape[-1]} classes, "
                        f"the schema has {self.num_classes}")
     mask = np.argmax(probs, axis=-1).astype(np.uint8)
-    confidence = probs.max(axis=-1).astype(np.float32)
+    mask[probs.max(axis=-1) < min_confidence] = IGNORE_LABEL
     if mask.shape != tuple(image_size):
-      size = (int(image_size[1]), int(image_size[0]))
-      mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST_EXACT)
-      confidence = cv2.resize(confidence, size, interpolation=cv2.INTER_LINEAR)
-    mask[confidence < min_confidence] = IGNORE_LABEL
+      mask = cv2.resize(mask, (int(image_size[1]), int(image_size[0])),
+                        interpolation=cv2.INTER_NEAREST_EXACT)
     return SegmentationLabel(mask)
 
   def metric(self) -> "MeanIoU":
