@@ -34,6 +34,7 @@ TOO_MANY_PIXELS = "too_many_pixels"
 UNREADABLE = "unreadable"
 BAD_EXAMPLE = "bad_example"
 _REASONS = (EMPTY, NOT_AN_IMAGE, TRUNCATED, TOO_MANY_PIXELS, UNREADABLE, BAD_EXAMPLE)
+FILTERS = (TOO_MANY_PIXELS,)  # reasons that are deliberate (a limit the run set), not failures
 DEFAULT_MAX_PIXELS = 50_000_000
 _ORIENTATION = 0x0112  # the EXIF orientation tag
 
@@ -108,9 +109,14 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, *,
   """
   if not data:
     raise ValueError(EMPTY, "the file is empty")
+  # Pillow's own bomb limit (an error above twice it) follows max_pixels, so
+  # that max_pixels, checked on the header below, is the limit that applies.
+  Image.MAX_IMAGE_PIXELS = max_pixels
   try:
     image = Image.open(io.BytesIO(data))
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+  except Image.DecompressionBombError as e:
+    raise ValueError(TOO_MANY_PIXELS, f"{e} (max_pixels {max_pixels})") from None
+  except (OSError, SyntaxError, ValueError) as e:
     raise ValueError(NOT_AN_IMAGE, f"{type(e).__name__}: {e}") from None
   width, height = image.size
   if width * height > max_pixels:

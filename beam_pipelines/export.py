@@ -41,7 +41,10 @@ TFRecords are balanced.
 
 Malformed input (another schema version, an example missing a task of
 `--tasks`, an undecodable label, a duplicate id, an unreadable shard) goes to
-the dead letters with its reason, never stopping the run.
+the dead letters with its reason, never stopping the run; so do images whose
+shape the stock parsers cannot take (a side under 2 px, an aspect ratio over
+32: `extreme_aspect_ratio`). Classification records store JPEG (the stock
+parser decodes JPEG only), other images re-encoded at quality 95.
 
 TFRecords, the COCO files and the JSON lines are written by Beam's file sinks
 (exactly-once finalize); the per-image files are written by a DoFn under the
@@ -59,6 +62,7 @@ from apache_beam.options import pipeline_options
 import must  # noqa: F401  (legacy Keras switch before TensorFlow loads)
 from beam_pipelines import common
 from beam_pipelines import run_dir
+from beam_pipelines import decode
 from beam_pipelines import shards
 from must import cli
 from must import schema as schema_lib
@@ -161,6 +165,31 @@ def coco_image_id(image_id: str) -> int:
 # -- Steps ----------------------------------------------------------------------
 
 
+# Shapes Model Garden's stock parsers cannot take (they crash on them): their
+# resize to the output size keeps the aspect ratio, so the short side of a
+# 1 x 4000 image becomes 0 px; at 32:1 it keeps >= 1 px for outputs of 16 px
+# and up. The classification parser's center crop is empty at a 1 px side.
+MAX_ASPECT_RATIO = 32
+MIN_SIDE = 2
+EXTREME_ASPECT_RATIO = "extreme_aspect_ratio"
+TOO_SMALL = "too_small"
+
+
+def check_shape(example: shards.LabeledExample) -> Iterator[Any]:
+  """The example, or its dead letter when the stock parsers cannot take its shape."""
+  short, long = sorted(example.image_size)
+  if long > MAX_ASPECT_RATIO * short:
+    reason = EXTREME_ASPECT_RATIO
+  elif short < MIN_SIDE:
+    reason = TOO_SMALL
+  else:
+    yield example
+    return
+  yield beam.pvalue.TaggedOutput(decode.DEAD_LETTERS, decode.dead_letter(
+      example.path, reason, f"{example.image_size[0]}x{example.image_size[1]}: Model Garden's "
+      f"stock parsers take sides >= {MIN_SIDE} px and aspect ratios <= {MAX_ASPECT_RATIO}"))
+
+
 @dataclasses.dataclass
 class Selected:
   """An image after selection: `example.labels` holds the labels to export."""
@@ -195,10 +224,14 @@ def image_counts(selected: Selected, tasks: Sequence[str]) -> dict[str, Any]:
 
 
 def task_record(example: shards.LabeledExample, task: str, schema: schema_lib.Schema) -> bytes:
-  """One task's serialized tf.Example: the image, this task's label and provenance."""
+  """One task's serialized tf.Example: the image (re-encoded where the task's
+  `record_image_formats` do not include its format), this task's label and provenance."""
+  formats = schema.tasks[task].record_image_formats
+  stored = example.image_format in formats
   tf_example = schema.encode(
       example.image, {task: example.labels[task]}, provenance=example.provenance,
-      encoded=example.encoded, image_format=example.image_format, source_id=example.id)
+      encoded=example.encoded if stored else None,
+      image_format=example.image_format if stored else formats[0], source_id=example.id)
   if example.source_path:
     tf_example.features.feature[shards.FILENAME_KEY].bytes_list.value.append(
         example.source_path.encode())
@@ -412,7 +445,9 @@ class Export(beam.PTransform):
     tasks = config["tasks"]
     read = pbegin | "ReadShards" >> shards.ReadLabeledShards(
         config["input_pattern"], config["task_params"], required_tasks=tasks)
-    selected = read["examples"] | "Select" >> beam.Map(select, config)
+    checked = read["examples"] | "CheckShape" >> beam.FlatMap(check_shape).with_outputs(
+        decode.DEAD_LETTERS, main="examples")
+    selected = checked.examples | "Select" >> beam.Map(select, config)
 
     copies, copies_counts = {}, []
     for task in tasks:
@@ -472,7 +507,8 @@ class Export(beam.PTransform):
          | f"WriteJsonLines[{task}]" >> common.WriteJsonLines(
              common.join(output_dir, FILES, f"{task}.jsonl")))
 
-    dead_letters = read["dead_letters"]
+    dead_letters = ((read["dead_letters"], checked[decode.DEAD_LETTERS])
+                    | "AllDeadLetters" >> beam.Flatten())
     dead_letters | "WriteDeadLetters" >> common.WriteJsonLines(
         common.join(output_dir, DEAD_LETTERS_FILE))
     counts = (selected

@@ -10,7 +10,8 @@ in chunks of exactly its own batch size (zero-padded, so an image's outputs do
 not depend on how Beam batched it) and returns, per element, each task's outputs
 for that image at the teacher's size. `resize_outputs` maps them to the stored
 image's size: outputs whose first two dimensions are the teacher's input size
-are dense maps and are resized bilinearly; the rest (class distributions,
+are dense maps and are resized bilinearly (but those a task maps itself,
+`Task.outputs_at_teacher_size`); the rest (class distributions,
 normalized boxes) carry over as they are.
 """
 import dataclasses
@@ -67,17 +68,19 @@ def _resize_dense(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def resize_outputs(outputs: Mapping[str, np.ndarray], input_size: Sequence[int],
-                   image_size: Sequence[int]) -> dict[str, np.ndarray]:
+                   image_size: Sequence[int], keep: Sequence[str] = ()
+                   ) -> dict[str, np.ndarray]:
   """One image's outputs at the teacher's input size -> at the stored image's size.
 
   Dense maps (first two dimensions equal to `input_size`) are resized
-  bilinearly; everything else is returned unchanged.
+  bilinearly but those named in `keep` (the task's `outputs_at_teacher_size`);
+  everything else is returned unchanged.
   """
   input_size, image_size = tuple(input_size), tuple(int(v) for v in image_size)
   resized = {}
   for key, value in outputs.items():
     value = np.asarray(value)
-    dense = value.ndim >= 2 and tuple(value.shape[:2]) == input_size
+    dense = value.ndim >= 2 and tuple(value.shape[:2]) == input_size and key not in keep
     resized[key] = _resize_dense(value, image_size) if dense and input_size != image_size else value
   return resized
 

@@ -30,9 +30,12 @@ labelled composite transform, with the image id as the key throughout:
                   per-task label statistics, dead-letter reasons, the resolved
                   config and the teacher versions
 
-Images in = examples out + dead letters, and the summary says whether it holds.
-The run owns its output dir (`run_dir`: a lock, `--overwrite`, files published
-when complete, the summary listing them).
+Identical image content at several paths (the same id) is one record, of the
+first path, listing every path in `must/source_paths`; the summary counts the
+other copies as duplicates. Images in = examples out + dead letters +
+duplicates, and the summary says whether it holds. The run owns its output dir
+(`run_dir`: a lock, `--overwrite`, files published when complete, the summary
+listing them).
 
 The teachers config (YAML):
 
@@ -49,12 +52,15 @@ import dataclasses
 import inspect
 import json
 import logging
+import types as types_lib
+import typing
 from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.ml.inference import base as inference_base
 from apache_beam.options import pipeline_options
+import tensorflow as tf
 import yaml
 
 import must  # noqa: F401  (legacy Keras switch before TensorFlow loads)
@@ -77,6 +83,9 @@ EXAMPLES_PREFIX = "pseudo_labeled"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"
 SUMMARY_FILE = "summary.json"
 LABELING_FAILED = "labeling_failed"
+FILENAME_KEY = "image/filename"
+SOURCE_PATHS_KEY = "must/source_paths"  # every path of an image found at several
+DUPLICATES = "duplicates"
 _NAMESPACE = "pseudo_label"
 
 
@@ -92,6 +101,12 @@ class PseudoLabelOptions(common.DataOptions, pipeline_options.PipelineOptions):
                         help="YAML: teachers (task, path, batch_size), thresholds.")
     parser.add_argument("--max_pixels", type=int, default=decode.DEFAULT_MAX_PIXELS,
                         help="Images with more pixels go to the dead letters.")
+    parser.add_argument("--max_failure_fraction", type=float, default=0.05,
+                        help="Exit non-zero (after writing the summary and dead letters) "
+                        "when more than this fraction of the inputs fail (dead letters but "
+                        "deliberate filters such as --max_pixels). 0.05: a crawled corpus "
+                        "holds a few percent of broken files; more means something "
+                        "systematic (a wrong format, threshold or teacher).")
     parser.add_argument("--inference_mode", default=FUSED, choices=(FUSED, PER_TEACHER),
                         help="One handler running every teacher per batch, or one "
                         "RunInference per teacher joined by image id.")
@@ -170,13 +185,29 @@ def resolve_config(raw: Mapping[str, Any], where: str = "teachers config",
     tasks_lib.get(task)
     task_params[task] = dict(params or {})
   schema = schema_lib.Schema(task_params)
-  for task, kwargs in thresholds.items():  # Unknown names fail here, not on workers.
-    accepted = set(inspect.signature(schema.tasks[task].pseudo_label).parameters) - {
-        "outputs", "image_size"}
-    if set(kwargs) - accepted:
-      raise ValueError(f"{where}: unknown {task} thresholds {sorted(set(kwargs) - accepted)}; "
-                       f"valid: {sorted(accepted)}")
+  for task, kwargs in thresholds.items():  # Bad names and types fail here, not on workers.
+    _check_thresholds(schema.tasks[task], kwargs, f"{where}: thresholds.{task}")
   return {"teachers": teachers, "thresholds": thresholds, "task_params": task_params}
+
+
+def _check_thresholds(task: tasks_lib.Task, kwargs: Mapping[str, Any], where: str) -> None:
+  """Raises unless every threshold is a keyword of the task's `pseudo_label`
+  with a value of its annotated type (an int where a float is expected is fine)."""
+  hints = typing.get_type_hints(task.pseudo_label)
+  accepted = set(inspect.signature(task.pseudo_label).parameters) - {"outputs", "image_size"}
+  for key, value in kwargs.items():
+    if key not in accepted:
+      raise ValueError(f"{where}: unknown threshold {key!r}; valid: {sorted(accepted)}")
+    expected = hints.get(key)
+    if expected is None:
+      continue
+    union = typing.get_origin(expected) in (typing.Union, types_lib.UnionType)
+    allowed = typing.get_args(expected) if union else (expected,)
+    numeric = (int, float) if float in allowed else ()
+    if isinstance(value, bool) and bool not in allowed or not isinstance(value, (*allowed, *numeric)):
+      name = getattr(expected, "__name__", str(expected))
+      raise ValueError(f"{where}.{key} must be {name}, got {value!r} "
+                       f"({type(value).__name__})")
 
 
 def _mapping(config: hyperparams.Config | None) -> dict:
@@ -275,11 +306,12 @@ class RunTeachers(beam.PTransform):
 
 
 class MakeExamplesFn(beam.DoFn):
-  """(element, outputs) -> serialized tf.Example, plus its stats on 'stats'.
+  """(element, outputs) -> (id, (path, serialized tf.Example, its task stats)).
 
-  Tasks with ground truth in the input example keep it (copied feature by
-  feature, provenance included); every other task with a teacher gets the
-  pseudo label. A failure goes to the dead letters, keeping the counts
+  Tasks with ground truth in the input example keep it; every other task with
+  a teacher gets the pseudo label. Every other feature of the input (ground
+  truth of tasks without a teacher in this run included, with provenance)
+  passes through untouched. A failure goes to the dead letters, keeping the counts
   balanced.
   """
 
@@ -311,17 +343,17 @@ class MakeExamplesFn(beam.DoFn):
       return
     self.out.inc()
     self.progress.add("images labeled")
-    yield record
-    yield beam.pvalue.TaggedOutput("stats", stats)
+    yield element.id, (element.path, record, stats)
 
   def _make(self, element: decode.Decoded, outputs: Mapping[str, Any]):
-    truth = [t for t in decode.ground_truth_tasks(element.example) if t in self.schema.tasks]
+    truth = decode.ground_truth_tasks(element.example)
     labels, stats = {}, {}
     for task, task_outputs in outputs.items():
       if task in truth:
         continue
-      resized = inference.resize_outputs(task_outputs, self.teachers[task]["input_size"],
-                                         element.image_size)
+      resized = inference.resize_outputs(
+          task_outputs, self.teachers[task]["input_size"], element.image_size,
+          keep=self.schema.tasks[task].outputs_at_teacher_size)
       labels[task] = self.schema.tasks[task].pseudo_label(
           resized, element.image_size, **self.config["thresholds"].get(task, {}))
       stats[task] = {"source": schema_lib.PSEUDO,
@@ -330,18 +362,52 @@ class MakeExamplesFn(beam.DoFn):
         element.image, labels, provenance={t: self.provenance[t] for t in labels},
         encoded=element.encoded, image_format=element.image_format, source_id=element.id)
     feature = example.features.feature
-    if truth:
-      source = element.example.features.feature
+    if element.example is not None:  # Every input feature but the new labels' passes through.
+      replaced = {key for task in labels for key in (
+          *self.schema.tasks[task].feature_spec(), schema_lib.source_key(task),
+          schema_lib.model_key(task))}
+      for key, value in element.example.features.feature.items():
+        if key not in feature and key not in replaced and key != FILENAME_KEY:
+          feature[key].CopyFrom(value)
       for task in truth:
-        keys = [*self.schema.tasks[task].feature_spec(), schema_lib.source_key(task),
-                schema_lib.model_key(task)]
-        for key in keys:
-          if key in source:
-            feature[key].CopyFrom(source[key])
         stats[task] = {"source": schema_lib.GROUND_TRUTH}
         self.kept.inc()
-    feature["image/filename"].bytes_list.value.append(element.path.encode())
+    feature[FILENAME_KEY].bytes_list.value.append(element.path.encode())
     return example.SerializeToString(deterministic=True), stats
+
+
+def _one_per_id(item) -> Iterator[Any]:
+  """(id, [(path, record, stats)]) -> the record of the first path, with every
+  path in `SOURCE_PATHS_KEY` when there are several; its stats on 'stats' and
+  the number of other copies on 'duplicates'."""
+  _, copies = item
+  copies = sorted(copies, key=lambda copy: copy[0])
+  path, record, stats = copies[0]
+  if len(copies) > 1:
+    example = tf.train.Example.FromString(record)
+    example.features.feature[SOURCE_PATHS_KEY].bytes_list.value.extend(
+        copy[0].encode() for copy in copies)
+    record = example.SerializeToString(deterministic=True)
+    yield beam.pvalue.TaggedOutput(DUPLICATES, len(copies) - 1)
+  yield record
+  yield beam.pvalue.TaggedOutput("stats", stats)
+
+
+class OnePerImage(beam.PTransform):
+  """(id, (path, record, stats)) -> {'records': one per image content,
+  'stats': theirs, 'duplicates': one int, the copies dropped}.
+
+  Identical content (the same id) at several paths becomes one record of the
+  first path that lists every path (`SOURCE_PATHS_KEY`).
+  """
+
+  def expand(self, made):
+    kept = (made
+            | "ById" >> beam.GroupByKey()
+            | "First" >> beam.FlatMap(_one_per_id).with_outputs(
+                DUPLICATES, "stats", main="records"))
+    return {"records": kept.records, "stats": kept.stats,
+            "duplicates": kept[DUPLICATES] | "Sum" >> beam.CombineGlobally(sum)}
 
 
 def _counted(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -353,9 +419,11 @@ def _counted(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]
 
 def _summarize(totals: dict[str, dict[str, Any]],
                task_params: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-  schema = schema_lib.Schema({task: task_params.get(task, {}) for task in totals})
+  # Tasks passed through without parameters (no teacher, no task_params) get their counts only.
+  schema = schema_lib.Schema({task: task_params[task] for task in totals if task in task_params})
   for task, task_totals in totals.items():
-    task_totals.update(schema.tasks[task].stats_summary(task_totals))
+    if task in schema.tasks:
+      task_totals.update(schema.tasks[task].stats_summary(task_totals))
     if "min" in task_totals:
       task_totals["range"] = [task_totals.pop("min"), task_totals.pop("max")]
   return totals
@@ -381,13 +449,13 @@ class LabelStats(beam.PTransform):
 
 
 def make_summary(_, images_in: int, examples_out: int, reasons: dict, task_stats: dict,
-                 config: Mapping[str, Any]) -> str:
+                 config: Mapping[str, Any], duplicates: int = 0) -> str:
   """The run summary as JSON text."""
   dead = sum(reasons.values())
   return json.dumps({
       "counts": {"images_in": images_in, "examples_out": examples_out,
-                 "dead_letters": dead,
-                 "balanced": images_in == examples_out + dead},
+                 "dead_letters": dead, DUPLICATES: duplicates,
+                 "balanced": images_in == examples_out + dead + duplicates},
       "dead_letter_reasons": reasons,
       "tasks": task_stats,
       "teachers": {t["task"]: f"{t['name']}@{t['version']}" for t in config["teachers"]},
@@ -425,8 +493,9 @@ class PseudoLabel(beam.PTransform):
     inferred = read["decoded"] | "RunTeachers" >> RunTeachers(
         specs, self.loader, options["inference_mode"])
     made = inferred | "MakeExamples" >> beam.ParDo(MakeExamplesFn(self.config)).with_outputs(
-        decode.DEAD_LETTERS, "stats", main="records")
-    records = made.records
+        decode.DEAD_LETTERS, main="records")
+    kept = made.records | "OnePerImage" >> OnePerImage()
+    records = kept["records"]
     dead_letters = ((read["dead_letters"], made[decode.DEAD_LETTERS])
                     | "AllDeadLetters" >> beam.Flatten())
 
@@ -438,13 +507,14 @@ class PseudoLabel(beam.PTransform):
 
     examples_out = records | "CountOut" >> beam.combiners.Count.Globally()
     reasons = dead_letters | "CountReasons" >> common.CountReasons()
-    task_stats = made.stats | "TaskStats" >> LabelStats(self.config["task_params"])
+    task_stats = kept["stats"] | "TaskStats" >> LabelStats(self.config["task_params"])
     summary = (pbegin
                | "One" >> beam.Create([None])
                | "Summary" >> beam.Map(
                    make_summary, beam.pvalue.AsSingleton(read["count"]),
                    beam.pvalue.AsSingleton(examples_out), beam.pvalue.AsSingleton(reasons),
-                   beam.pvalue.AsSingleton(task_stats), self.config))
+                   beam.pvalue.AsSingleton(task_stats), self.config,
+                   beam.pvalue.AsSingleton(kept["duplicates"])))
     summary | "WriteSummary" >> common.WriteSingleFile(common.join(output_dir, SUMMARY_FILE))
     return {"records": records, "dead_letters": dead_letters, "summary": summary}
 
@@ -458,10 +528,26 @@ def run_config(options: PseudoLabelOptions) -> dict:
       "input_pattern": view.input_pattern, "input_format": view.input_format,
       "output_dir": view.output_dir, "num_shards": view.num_shards,
       "max_pixels": view.max_pixels, "inference_mode": view.inference_mode,
+      "max_failure_fraction": view.max_failure_fraction,
       "teachers_config": view.teachers_config,
       "runner": options.view_as(pipeline_options.StandardOptions).runner,
   }
   return config
+
+
+def failure_budget_error(summary: Mapping[str, Any], max_fraction: float) -> str | None:
+  """One line naming the failures when they exceed `max_fraction` of the inputs, else None.
+
+  Failures are the dead letters of every reason but the deliberate filters
+  (`decode.FILTERS`).
+  """
+  reasons = {r: n for r, n in summary["dead_letter_reasons"].items() if r not in decode.FILTERS}
+  failed, images_in = sum(reasons.values()), summary["counts"]["images_in"]
+  if failed <= max_fraction * images_in:
+    return None
+  top = ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+  return (f"{failed} of {images_in} inputs failed ({failed / images_in:.1%} > "
+          f"--max_failure_fraction {max_fraction}); top reasons: {top}")
 
 
 def run(argv: Sequence[str] | None = None, loader=None) -> dict:
@@ -471,16 +557,23 @@ def run(argv: Sequence[str] | None = None, loader=None) -> dict:
   Raises:
     cli.UserError: a bad flag or config value, input matching no file, or an
       output dir that is locked or holds another run's output.
+    cli.JobFailed: more failures than --max_failure_fraction, after the summary
+      and the dead letters are published.
   """
   options, config = common.configure(PseudoLabelOptions, argv, run_config)
   common.require_files(config["options"]["input_pattern"])
-  with run_dir.RunDir(config["options"]["output_dir"],
-                      options.view_as(PseudoLabelOptions).overwrite,
+  output_dir = config["options"]["output_dir"]
+  with run_dir.RunDir(output_dir, options.view_as(PseudoLabelOptions).overwrite,
                       config["options"]["input_pattern"]) as out:
     common.run_pipeline(
         options, lambda p: p | "PseudoLabel" >> PseudoLabel(config, loader, out.staging),
         _NAMESPACE)
-    return out.publish(SUMMARY_FILE)
+    summary = out.publish(SUMMARY_FILE)
+  error = failure_budget_error(summary, config["options"]["max_failure_fraction"])
+  if error:
+    raise cli.JobFailed(f"{error} (see {common.join(output_dir, SUMMARY_FILE)} and its "
+                        "dead letters)")
+  return summary
 
 
 def _main(argv: Sequence[str]) -> None:
@@ -488,7 +581,8 @@ def _main(argv: Sequence[str]) -> None:
   summary = run(argv)
   print(json.dumps(summary["counts"], indent=2))
   if not summary["counts"]["balanced"]:
-    raise cli.JobFailed("counts do not balance: images in != examples out + dead letters "
+    raise cli.JobFailed("counts do not balance: images in != examples out + dead letters + "
+                        "duplicates "
                         f"({summary['counts']})")
 
 

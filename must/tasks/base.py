@@ -12,6 +12,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from must import image_codec
+
 Features = dict[str, tf.train.Feature]
 FeatureSpec = dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]
 
@@ -120,6 +122,12 @@ class Task(abc.ABC):
   # The typed config of this task's own head settings (`HeadConfig.options`);
   # None when the head has only the settings every head has.
   head_options: ClassVar[type | None] = None
+  # Image formats this task's exported records may store; others are re-encoded
+  # as the first (what the stock Model Garden parser of the task decodes).
+  record_image_formats: ClassVar[tuple[str, ...]] = image_codec.FORMATS
+  # Dense teacher outputs `pseudo_label` takes at the teacher's size and maps to
+  # the image itself (so a [H, W, C] map is never expanded to a large image).
+  outputs_at_teacher_size: ClassVar[tuple[str, ...]] = ()
 
   @abc.abstractmethod
   def features(self, label: Any, image_size: tuple[int, int]) -> Features:
@@ -145,7 +153,8 @@ class Task(abc.ABC):
 
     Args:
       outputs: the teacher signature's outputs for one image (no batch
-        dimension), dense maps already resized to the stored image's size.
+        dimension), dense maps already resized to the stored image's size
+        but those named in `outputs_at_teacher_size`.
       image_size: (height, width) of the stored image.
       **thresholds: the task's pseudo-labeling thresholds (e.g. min_score).
     """

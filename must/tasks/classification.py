@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import tf_keras
 
+from must import image_codec
 from must import tasks
 from must.tasks import base
 from must.tasks import heads
@@ -49,6 +50,7 @@ class Classification(base.Task):
   has_classes = True
   world_teacher_split = True
   writes_json_lines = True
+  record_image_formats = (image_codec.JPEG,)  # the stock parser's decode_jpeg_only=True
 
   def __init__(self, num_classes: int, top_k: int | None = None):
     if num_classes < 1:

@@ -5,6 +5,7 @@ is what Model Garden's semantic segmentation decoder reads.
 """
 import dataclasses
 
+import cv2
 import numpy as np
 import tensorflow as tf
 
@@ -61,26 +62,35 @@ class Segmentation(base.Task):
         FORMAT: tf.io.FixedLenFeature((), tf.string, default_value=""),
     }
 
+  outputs_at_teacher_size = ("probs",)
+
   def pseudo_label(self, outputs, image_size, min_confidence: float = 0.5) -> SegmentationLabel:
     """Per-pixel argmax class; pixels whose top probability is under
     `min_confidence` get IGNORE_LABEL (the paper's recipe, 0.5).
 
+    The label is made at the teacher's size and mapped to the image by
+    nearest neighbour, so memory stays one byte per image pixel whatever the
+    number of classes. Wherever the teacher pixels a pixel lies between agree,
+    it is the label of the bilinearly resized probabilities.
+
     Args:
-      outputs: one image's teacher outputs; `probs` is float [H, W, C] at the
-        stored image's size.
+      outputs: one image's teacher outputs; `probs` is float [h, w, C] at the
+        teacher's size (or the image's).
       image_size: (height, width) of the stored image.
       min_confidence: the probability threshold.
 
     Returns:
       The SegmentationLabel.
     """
-    probs = np.asarray(outputs["probs"], np.float32)
-    base.check_dense_shape(self.name, probs, image_size)
+    probs = np.asarray(outputs["probs"])
     if probs.shape[-1] > self.num_classes:
       raise ValueError(f"the segmentation teacher gives {probs.shape[-1]} classes, "
                        f"the schema has {self.num_classes}")
     mask = np.argmax(probs, axis=-1).astype(np.uint8)
     mask[probs.max(axis=-1) < min_confidence] = IGNORE_LABEL
+    if mask.shape != tuple(image_size):
+      mask = cv2.resize(mask, (int(image_size[1]), int(image_size[0])),
+                        interpolation=cv2.INTER_NEAREST_EXACT)
     return SegmentationLabel(mask)
 
   def metric(self) -> "MeanIoU":

@@ -1,5 +1,7 @@
 """Decoding of odd image formats and dead letters, alone and in a TestPipeline."""
 import io
+import struct
+import zlib
 import os
 
 import apache_beam as beam
@@ -142,3 +144,27 @@ def test_read_corpus_of_tfrecords_dead_letters_bad_shards_and_records(tmp_path):
                                              ("corrupt.tfrecord", decode.BAD_EXAMPLE)]),
                      label="DeadLetters")
     util.assert_that(read["count"], util.equal_to([4]), label="Count")
+
+
+def _png_header(width: int, height: int) -> bytes:
+  """A PNG that claims width x height pixels and holds almost no data (a bomb's header)."""
+  def chunk(kind: bytes, body: bytes) -> bytes:
+    return (struct.pack(">I", len(body)) + kind + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+  header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+          + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_max_pixels_is_the_limit_that_applies_not_pillows():
+  bomb = _png_header(20_000, 10_000)  # 200 M pixels: over twice Pillow's default limit
+  with pytest.raises(ValueError) as refused:
+    decode.decode_image(bomb, max_pixels=100_000_000)
+  assert refused.value.args[0] == decode.TOO_MANY_PIXELS
+  assert "100000000" in refused.value.args[1]
+  with pytest.raises(ValueError) as refused:  # far over: Pillow's own check, the same reason
+    decode.decode_image(_png_header(100_000, 100_000), max_pixels=100_000_000)
+  assert refused.value.args[0] == decode.TOO_MANY_PIXELS
+  with pytest.raises(ValueError) as allowed:  # within --max_pixels: decoding is attempted
+    decode.decode_image(bomb, max_pixels=300_000_000)
+  assert allowed.value.args[0] == decode.TRUNCATED

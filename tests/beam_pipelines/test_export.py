@@ -28,6 +28,10 @@ from must.tasks import segmentation
 import teachers
 from official.core import exp_factory
 from official.core import task_factory
+from official.vision.dataloaders import classification_input
+from official.vision.dataloaders import retinanet_input
+from official.vision.dataloaders import segmentation_input
+from official.vision.dataloaders import tf_example_decoder
 from tests.beam_pipelines import labeled_shards
 
 SIZE = 32  # hand-made examples
@@ -174,8 +178,21 @@ def test_task_records_carry_one_task_each_and_equal_the_shards(labeled, exported
             np.testing.assert_allclose(value, truth[image_id][task][key], atol=1e-4)
           else:
             np.testing.assert_array_equal(value, truth[image_id][task][key], err_msg=key)
-        np.testing.assert_array_equal(d["image"], truth[image_id]["image"])
+        if task == "classification":  # re-encoded as JPEG for the stock parser
+          assert _image_format(records, image_id) == b"jpeg"
+          error = np.abs(d["image"].astype(int) - truth[image_id]["image"].astype(int))
+          assert error.mean() < 16
+        else:
+          np.testing.assert_array_equal(d["image"], truth[image_id]["image"])
     assert ids == set(truth), task
+
+
+def _image_format(records, image_id: str) -> bytes:
+  for record in records:
+    feature = tf.train.Example.FromString(record).features.feature
+    if feature["image/source_id"].bytes_list.value[0] == image_id.encode():
+      return feature["image/format"].bytes_list.value[0]
+  raise KeyError(image_id)
 
 
 def test_coco_evaluation_of_the_export_against_itself(exported):
@@ -453,3 +470,51 @@ def test_shards_matching_no_file_stop_before_any_work(labeled, tmp_path):
     export.run(["--runner=DirectRunner", f"--input_pattern={labeled}/nothing-*.tfrecord",
                 f"--metadata={labeled}/summary.json", f"--output_dir={tmp_path / 'out'}"])
   assert not (tmp_path / "out").exists()
+
+# -- Model Garden's stock parsers on the export ---------------------------------
+
+THIN = (1, 4000)  # the stock parsers' resize makes its short side 0 px
+
+
+def _thin_example() -> dict:
+  example = _hand_example(0, TOP[0])
+  labels = example["labels"]
+  labels["segmentation"] = segmentation.SegmentationLabel(np.ones(THIN, np.uint8))
+  labels["depth"] = depth.DepthLabel(np.ones(THIN, np.float32))
+  return {**example, "id": "3000", "image": labeled_shards.random_image(THIN, 0)}
+
+
+@pytest.fixture(scope="module")
+def stock_export(tmp_path_factory) -> tuple[str, dict]:
+  """PNG-sourced hand examples and a 1 x 4000 image, exported: (output dir, summary)."""
+  root = tmp_path_factory.mktemp("stock")
+  good = [_hand_example(i, top) for i, top in enumerate(TOP[:4])]
+  labeled_shards.write_shard(str(root / "hand-0.tfrecord"), good + [_thin_example()])
+  config = _export_config(str(root), str(root / "export"), "--formats=tfrecords")
+  return config["output_dir"], _run(config)
+
+
+def _stock_parser(task: str):
+  """(decoder, parser) of Model Garden's stock input for the task, default settings."""
+  if task == "classification":
+    return (classification_input.Decoder(),
+            classification_input.Parser(output_size=[224, 224], num_classes=11))
+  if task == "detection":
+    return (tf_example_decoder.TfExampleDecoder(), retinanet_input.Parser(
+        output_size=[640, 640], min_level=3, max_level=7, num_scales=3,
+        aspect_ratios=[0.5, 1.0, 2.0], anchor_size=4.0))
+  return segmentation_input.Decoder(), segmentation_input.Parser(output_size=[512, 512])
+
+
+@pytest.mark.parametrize("task", ["classification", "detection", "segmentation"])
+def test_stock_parsers_take_every_exported_record(stock_export, task):
+  output_dir, summary = stock_export
+  records = _records(os.path.join(output_dir, f"tfrecords/{task}/train-*"))
+  decoder, parser = _stock_parser(task)
+  for training in (True, False):
+    for record in records:
+      image, _ = parser.parse_fn(training)(decoder.decode(tf.constant(record)))
+      assert np.isfinite(image.numpy()).all()
+  assert len(records) == 4  # the PNG-sourced images, not the thin one
+  assert summary["dead_letter_reasons"] == {export.EXTREME_ASPECT_RATIO: 1}
+  assert summary["counts"]["balanced"]

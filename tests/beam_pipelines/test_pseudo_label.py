@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import tracemalloc
 
 import apache_beam as beam
 from apache_beam.options import pipeline_options
@@ -17,6 +18,8 @@ import tensorflow as tf
 import yaml
 
 from beam_pipelines import common
+from beam_pipelines import decode
+from beam_pipelines import inference
 from beam_pipelines import pseudo_label
 from must import cli
 from must import configs
@@ -110,7 +113,7 @@ def test_count_balance_and_summary(default_run):
   summary = _summary(config)
   counts = summary["counts"]
   assert counts == {"images_in": len(SIZES) + len(BAD), "examples_out": len(SIZES),
-                    "dead_letters": len(BAD), "balanced": True}
+                    "dead_letters": len(BAD), "duplicates": 0, "balanced": True}
   assert len(records) == len(SIZES)
   assert summary["dead_letter_reasons"] == {"empty": 1, "not_an_image": 1,
                                             "truncated_or_corrupt": 1}
@@ -308,3 +311,130 @@ def test_main_gives_one_line_and_exit_code_2_for_a_user_error(tmp_path, capsys):
   assert stopped.value.code == cli.USER_ERROR
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("beam_pipelines.pseudo_label: error: --input_pattern")
+
+
+def test_threshold_types_are_checked_at_load(tmp_path):
+  teachers = fake_teachers.write(str(tmp_path / "teachers"))
+  good = [{"task": t, "path": p} for t, p in teachers.items()]
+  with pytest.raises(ValueError, match=r"thresholds\.detection\.min_score must be float, got 'high'"):
+    pseudo_label.resolve_config({"teachers": good, "thresholds": {"detection": {"min_score": "high"}}})
+  with pytest.raises(ValueError, match=r"classification\.top_k must be int \| None"):
+    pseudo_label.resolve_config({"teachers": good, "thresholds": {"classification": {"top_k": "many"}}})
+  config = pseudo_label.resolve_config({"teachers": good, "thresholds": {
+      "detection": {"min_score": 1}, "classification": {"top_k": None}}})
+  assert config["thresholds"]["detection"] == {"min_score": 1}
+
+
+def _run_binary(tmp_path, pattern, *flags):
+  return pseudo_label.run(_flags(tmp_path, pattern, *flags), fake_teachers.load)
+
+
+def test_failures_over_the_budget_exit_non_zero_after_writing_the_summary(tmp_path):
+  pattern = _corpus(tmp_path / "corpus")  # 3 of 7 inputs fail
+  with pytest.raises(cli.JobFailed, match=r"^3 of 7 inputs failed \(42\.9% > --max_failure_fraction "
+                     r"0\.05\); top reasons: .*not_an_image: 1"):
+    _run_binary(tmp_path, pattern)
+  with open(tmp_path / "out" / "summary.json") as f:
+    assert json.load(f)["counts"]["dead_letters"] == 3
+  assert len((tmp_path / "out" / "dead_letters.jsonl").read_text().splitlines()) == 3
+  summary = _run_binary(tmp_path, pattern, "--max_failure_fraction=0.5", "--overwrite")
+  assert summary["counts"]["examples_out"] == len(SIZES)
+
+
+def test_ground_truth_of_tasks_without_a_teacher_passes_through(tmp_path, tiny_world):
+  pattern = os.path.join(tiny_world, "transfer/train-*.tfrecord")  # every task the world labels
+  inputs = {}
+  for record in tf.data.TFRecordDataset(sorted(glob.glob(pattern))):
+    example = tf.train.Example.FromString(record.numpy())
+    inputs[example.features.feature["image/source_id"].bytes_list.value[0]] = example
+  teachers = fake_teachers.write(str(tmp_path / "teachers"), tasks=fake_teachers.TASKS[:1])
+  config = pseudo_label.resolve_config(
+      {"teachers": [{"task": t, "path": p, "batch_size": 2} for t, p in teachers.items()]})
+  config["options"] = {"input_pattern": pattern, "input_format": pseudo_label.TFRECORD,
+                       "output_dir": str(tmp_path / "out"), "num_shards": 1,
+                       "max_pixels": 1_000_000, "inference_mode": pseudo_label.FUSED}
+  records = _run(config)
+  assert len(records) == len(inputs)
+  passed = set()
+  for record in records:
+    out = tf.train.Example.FromString(record).features.feature
+    source = inputs[out["image/source_id"].bytes_list.value[0]].features.feature
+    for key, value in source.items():
+      if key != "image/filename":
+        assert out[key] == value, key  # every label of the input, teacher or not
+    passed |= {k.split("/")[1] for k in source if k.startswith("must/") and k.endswith("/source")}
+  assert len(passed) > len(fake_teachers.TASKS)  # the transfer task's labels too
+  tasks = _summary(config)["tasks"]
+  assert set(tasks) == passed
+  assert all(t["ground_truth"] == len(inputs) for t in tasks.values())
+
+
+def test_identical_content_at_several_paths_is_one_record_with_every_path(tmp_path):
+  pattern = _corpus(tmp_path / "corpus")
+  copies = tmp_path / "corpus" / "part-001"
+  os.makedirs(copies)
+  original = tmp_path / "corpus" / "part-000" / "0.png"
+  for name in ("a.png", "b.png"):
+    (copies / name).write_bytes(original.read_bytes())
+  config = _config(tmp_path, pattern)
+  records = _run(config)
+  assert len(records) == len(SIZES)
+  ids = [tf.train.Example.FromString(r).features.feature["image/source_id"].bytes_list.value[0]
+         for r in records]
+  assert len(set(ids)) == len(ids)
+  paths = [list(tf.train.Example.FromString(r).features.feature[
+      pseudo_label.SOURCE_PATHS_KEY].bytes_list.value) for r in records]
+  assert sorted(p for p in paths if p) == [sorted(
+      str(p).encode() for p in (original, copies / "a.png", copies / "b.png"))]
+  counts = _summary(config)["counts"]
+  assert counts == {"images_in": len(SIZES) + len(BAD) + 2, "examples_out": len(SIZES),
+                    "dead_letters": len(BAD), "duplicates": 2, "balanced": True}
+  assert sum(_summary(config)["tasks"]["classification"]["class_histogram"].values()) == len(SIZES)
+
+
+def _segmentation_outputs(seed: int, size=(16, 16), block: int = 4) -> dict:
+  """Teacher probabilities, constant over blocks of block x block teacher pixels."""
+  rng = np.random.default_rng(seed)
+  blocks = rng.dirichlet(np.full(fake_teachers.NUM_CLASSES, 0.3),
+                         (size[0] // block, size[1] // block)).astype(np.float32)
+  return {"probs": np.repeat(np.repeat(blocks, block, 0), block, 1)}
+
+
+@pytest.mark.parametrize("image_size", [(37, 53), (64, 80), (8, 8)])
+def test_segmentation_labels_equal_the_full_resolution_recipe_inside_classes(image_size):
+  task = segmentation.Segmentation(fake_teachers.NUM_CLASSES)
+  outputs = _segmentation_outputs(sum(image_size))
+  teacher_size = outputs["probs"].shape[:2]
+  full = inference.resize_outputs(outputs, teacher_size, image_size)["probs"]  # the old way
+  expected = np.argmax(full, -1).astype(np.uint8)
+  expected[full.max(-1) < 0.5] = segmentation.IGNORE_LABEL
+  kept = inference.resize_outputs(outputs, teacher_size, image_size,
+                                  keep=task.outputs_at_teacher_size)
+  assert kept["probs"].shape[:2] == teacher_size
+  mask = task.pseudo_label(kept, image_size).mask
+  assert mask.shape == image_size
+  # Where the teacher pixels a pixel interpolates lie in one block, both agree.
+  inside = np.ones(image_size, bool)
+  for axis, (n, source) in enumerate(zip(image_size, teacher_size)):
+    coordinate = np.clip((np.arange(n) + 0.5) * source / n - 0.5, 0, source - 1)
+    same = np.floor(coordinate) // 4 == np.minimum(np.floor(coordinate) + 1, source - 1) // 4
+    inside &= same[:, None] if axis == 0 else same[None, :]
+  assert inside.mean() > 0.4
+  np.testing.assert_array_equal(mask[inside], expected[inside])
+
+
+def test_labeling_memory_does_not_hold_probabilities_at_image_size():
+  height, width, classes = 1500, 2000, fake_teachers.NUM_CLASSES
+  config = {"task_params": {"segmentation": {"num_classes": classes}}, "thresholds": {},
+            "teachers": [{"task": "segmentation", "name": "fake", "version": "v1",
+                          "input_size": [16, 16]}]}
+  make = pseudo_label.MakeExamplesFn(config)
+  make.setup()
+  image = np.zeros((height, width, 3), np.uint8)
+  element = decode.Decoded("1", "x.png", image, b"png bytes", "png")
+  tracemalloc.start()
+  _, (_, record, _) = next(iter(make.process((element, {"segmentation": _segmentation_outputs(0)}))))
+  _, peak = tracemalloc.get_traced_memory()
+  tracemalloc.stop()
+  assert record
+  assert peak < height * width * classes * 4 / 4  # a float32 [H, W, C] is four times this

@@ -466,6 +466,6 @@ def test_exported_student_is_a_teacher_of_the_pipeline(exported_student, tiny_wo
       f"--teachers_config={config_path}", f"--output_dir={tmp_path / 'labeled'}"])
   images = len(tf.io.gfile.glob(os.path.join(tiny_world, "corpus", "images", "*", "*")))
   assert summary["counts"] == {"images_in": images, "examples_out": images, "dead_letters": 0,
-                               "balanced": True}
+                               "duplicates": 0, "balanced": True}
   assert set(summary["teachers"]) == set(DEFAULT_TASKS)
   assert all(name.startswith("must_student@") for name in summary["teachers"].values())
