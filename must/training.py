@@ -223,6 +223,7 @@ def run(params, model_dir: str, mode: str = "train_and_eval", seed: int | None =
     if "train" in mode or name == "validation_data":
       check_input(data.input_path, f"task.{name}.input_path")
   if "train" in mode:
+    check_same_model(params, model_dir)
     train_utils.serialize_config(params, model_dir)
   if params.runtime.mixed_precision_dtype:
     performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
@@ -270,6 +271,26 @@ def read_train_timing(model_dir: str) -> dict:
   """What `write_train_timing` wrote in `model_dir`."""
   with tf.io.gfile.GFile(os.path.join(model_dir, TRAIN_TIMING_FILE)) as f:
     return json.load(f)
+
+
+def _flat(tree, prefix: str = "") -> dict:
+  if not isinstance(tree, dict):
+    return {prefix[:-1]: json.loads(json.dumps(tree))}
+  return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def check_same_model(params, model_dir: str) -> None:
+  """Stops when `model_dir` holds a checkpoint of another model (`task.model`
+  differs from its params.yaml): training on would restore it only in part."""
+  saved_path = os.path.join(model_dir, configs.PARAMS_FILE)
+  if not (tf.train.latest_checkpoint(model_dir) and tf.io.gfile.exists(saved_path)):
+    return
+  saved = _flat(configs.read_yaml(saved_path).get("task", {}).get("model", {}), "task.model.")
+  new = _flat(params.task.model.as_dict(), "task.model.")
+  changed = sorted(k for k in saved.keys() | new.keys() if saved.get(k) != new.get(k))
+  if changed:
+    raise cli.UserError(f"--model_dir {model_dir} holds a checkpoint of another model "
+                        f"({saved_path} differs at {changed[:3]}): use a new --model_dir")
 
 
 def check_input(input_path, key: str) -> None:

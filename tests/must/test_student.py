@@ -17,6 +17,7 @@ import tensorflow as tf
 
 import must.student  # noqa: F401  (registers the student)
 import tf_keras
+from must import cli
 from must import configs
 from must import serving
 from must import tasks
@@ -27,6 +28,7 @@ from must.student import model as model_lib
 from must.student import task as task_lib
 from must.tasks import heads
 from official.core import exp_factory
+from official.core import train_utils
 from official.modeling import optimization
 
 REPO = pathlib.Path(__file__).parents[2]
@@ -218,6 +220,17 @@ def test_the_training_flags_load_through_one_loader_that_names_bad_keys():
   with pytest.raises(app.UsageError, match="unknown experiment"):
     training.parse_params(argparse.Namespace(**{**vars(flags), "experiment": "must_studnt"}),
                           [student_config.EXPERIMENT])
+
+
+def test_training_refuses_a_model_dir_that_holds_another_model(tiny_world, tmp_path):
+  params = tiny_params(tiny_world)
+  train_utils.serialize_config(params, str(tmp_path))
+  training.check_same_model(params, str(tmp_path))  # no checkpoint yet: nothing to restore
+  tf.train.Checkpoint(step=tf.Variable(1)).save(str(tmp_path / "ckpt"))
+  training.check_same_model(params, str(tmp_path))  # the same model resumes
+  params.task.model.heads = params.task.model.heads[:-1]
+  with pytest.raises(cli.UserError, match=r"holds a checkpoint of another model .*task\.model\.heads"):
+    training.check_same_model(params, str(tmp_path))
 
 
 def test_head_options_are_typed_by_their_task_and_checked_at_load(tiny_world):
