@@ -540,12 +540,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Checks the flags and input, runs the export into its own output dir
   (`run_dir.RunDir`) and returns the published summary."""
   options, config = common.configure(ExportOptions, argv, run_config)
-  common.require_files(config["input_pattern"])
-  with run_dir.RunDir(config["output_dir"], options.view_as(ExportOptions).overwrite,
-                      config["input_pattern"]) as out:
-    common.run_pipeline(options, lambda p: p | "Export" >> Export(config, out.staging),
-                        _NAMESPACE)
-    return out.publish(SUMMARY_FILE)
+  return run_dir.run_owned(options, config["output_dir"], config["input_pattern"],
+                           lambda p, staging: p | "Export" >> Export(config, staging),
+                           _NAMESPACE, SUMMARY_FILE)
 
 
 def _main(argv: Sequence[str]) -> None:

@@ -218,12 +218,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Checks the flags and input, runs the inspection into its own output dir
   (`run_dir.RunDir`) and returns its published report."""
   options, config = common.configure(InspectOptions, argv, run_config)
-  common.require_files(config["input_pattern"])
-  with run_dir.RunDir(config["output_dir"], options.view_as(InspectOptions).overwrite,
-                      config["input_pattern"]) as out:
-    common.run_pipeline(options, lambda p: p | "Inspect" >> Inspect(config, out.staging),
-                        _NAMESPACE)
-    return out.publish(REPORT_FILE)
+  return run_dir.run_owned(options, config["output_dir"], config["input_pattern"],
+                           lambda p, staging: p | "Inspect" >> Inspect(config, staging),
+                           _NAMESPACE, REPORT_FILE)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -561,14 +561,11 @@ def run(argv: Sequence[str] | None = None, loader=None) -> dict:
       and the dead letters are published.
   """
   options, config = common.configure(PseudoLabelOptions, argv, run_config)
-  common.require_files(config["options"]["input_pattern"])
   output_dir = config["options"]["output_dir"]
-  with run_dir.RunDir(output_dir, options.view_as(PseudoLabelOptions).overwrite,
-                      config["options"]["input_pattern"]) as out:
-    common.run_pipeline(
-        options, lambda p: p | "PseudoLabel" >> PseudoLabel(config, loader, out.staging),
-        _NAMESPACE)
-    summary = out.publish(SUMMARY_FILE)
+  summary = run_dir.run_owned(
+      options, output_dir, config["options"]["input_pattern"],
+      lambda p, staging: p | "PseudoLabel" >> PseudoLabel(config, loader, staging),
+      _NAMESPACE, SUMMARY_FILE)
   error = failure_budget_error(summary, config["options"]["max_failure_fraction"])
   if error:
     raise cli.JobFailed(f"{error} (see {common.join(output_dir, SUMMARY_FILE)} and its "

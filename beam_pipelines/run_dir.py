@@ -180,3 +180,18 @@ class RunDir:
       tf.io.gfile.rename(common.join(self.staging, name), target, overwrite=True)
     tf.io.gfile.rmtree(self.staging)
     return summary
+
+
+def run_owned(options, output_dir: str, input_pattern: str, build, namespace: str,
+              summary_file: str) -> dict:
+  """Runs a pipeline into its own `output_dir` and returns its published summary.
+
+  Checks that `input_pattern` matches files, takes the dir (`RunDir`, honouring
+  --overwrite), builds the pipeline with `build(pipeline, staging_dir)`, runs it
+  (`common.run_pipeline`, logging `namespace`'s counters) and publishes.
+  """
+  common.require_files(input_pattern)
+  overwrite = options.view_as(common.DataOptions).overwrite
+  with RunDir(output_dir, overwrite, input_pattern) as out:
+    common.run_pipeline(options, lambda p: build(p, out.staging), namespace)
+    return out.publish(summary_file)
