@@ -1,18 +1,19 @@
 """Teachers behind `RunInference`: our own ModelHandler over `must.serving`.
 
 A teacher is anything with `task`, `input_size` and
-`predict(uint8 [B, H, W, 3]) -> {name: array [B, ...]}`; `must.serving.load`
-gives one for an exported SavedModel (Beam's stock TF handler cannot load
-these), and tests pass a loader that gives fakes. `TeachersModelHandler` loads
-one or more teachers once per worker process (Beam's shared model cache),
-resizes every image of a batch to each teacher's input size, runs each teacher
-in chunks of exactly its own batch size (zero-padded, so an image's outputs do
-not depend on how Beam batched it) and returns, per element, each task's outputs
-for that image at the teacher's size. `resize_outputs` maps them to the stored
-image's size: outputs whose first two dimensions are the teacher's input size
-are dense maps and are resized bilinearly (but those a task maps itself,
-`Task.outputs_at_teacher_size`); the rest (class distributions,
-normalized boxes) carry over as they are.
+`predict(encoded images) -> {name: array [B, ...]}` in each image's frame (the
+teacher contract, `must.serving`); `must.serving.load` gives one for an
+exported SavedModel (Beam's stock TF handler cannot load these), and tests pass
+a loader that gives fakes. `TeachersModelHandler` loads one or more teachers
+once per worker process (Beam's shared model cache), hands each teacher the
+stored bytes of a batch's images (they are fitted to its input size in its
+graph) in chunks of exactly its own batch size (padded, so an image's outputs
+do not depend on how Beam batched it) and returns, per element, each task's
+outputs for that image. `resize_outputs` maps them to the stored image's size:
+outputs whose first two dimensions are the teacher's input size are dense maps
+spanning the image and are resized bilinearly (but those a task maps itself,
+`Task.outputs_at_teacher_size`); the rest (class distributions, normalized
+boxes) carry over as they are.
 """
 import dataclasses
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
@@ -29,8 +30,8 @@ class Teacher(Protocol):
   task: str
   input_size: tuple[int, int]
 
-  def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
-    """uint8 [B, H, W, 3] at `input_size` -> raw outputs with a batch dimension."""
+  def predict(self, encoded: list[bytes]) -> dict[str, np.ndarray]:
+    """Encoded images of any size -> outputs with a batch dimension, in each image's frame."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,16 +45,6 @@ class TeacherSpec:
 class LoadedTeachers(dict):
   """Task -> loaded teacher; a dict subclass so Beam's shared cache can hold a
   weak reference to it (plain dicts cannot be weakly referenced)."""
-
-
-def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
-  """uint8 [H, W, 3] -> uint8 [size[0], size[1], 3], bilinear (area when shrinking)."""
-  height, width = int(size[0]), int(size[1])
-  if image.shape[:2] == (height, width):
-    return image
-  shrink = image.shape[0] > height and image.shape[1] > width
-  return cv2.resize(image, (width, height),
-                    interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def _resize_dense(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -133,12 +124,11 @@ class TeachersModelHandler(inference_base.ModelHandler):
       teacher = model[spec.task]
       for start in range(0, len(batch), spec.batch_size):
         chunk = batch[start:start + spec.batch_size]
-        images = np.zeros((spec.batch_size, *teacher.input_size, 3), np.uint8)
-        for i, element in enumerate(chunk):
-          images[i] = resize_image(element.image, teacher.input_size)
-        # Always the full batch: TensorFlow's CPU kernels may round differently
-        # for other batch sizes, and records must not depend on how Beam batched.
-        outputs = teacher.predict(images)
+        # Always the full batch (the last image repeated): TensorFlow's CPU
+        # kernels may round differently for other batch sizes, and records
+        # must not depend on how Beam batched.
+        encoded = [element.encoded for element in chunk]
+        outputs = teacher.predict(encoded + encoded[-1:] * (spec.batch_size - len(chunk)))
         for i in range(len(chunk)):
           per_element[start + i][spec.task] = {k: np.asarray(v[i]) for k, v in outputs.items()}
     return list(zip(batch, per_element))

@@ -24,13 +24,11 @@ import os
 import tempfile
 import time
 
-import numpy as np
 import tensorflow as tf
 import yaml
 
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
 from beam_pipelines import decode
-from beam_pipelines import inference
 from beam_pipelines import pseudo_label
 from must import configs
 from must import serving
@@ -81,21 +79,22 @@ def export_random_teacher(task: str, world_dir: str, work_dir: str, input_size: 
 
 
 def raw_inference(paths: list[str], teacher_paths: dict[str, str], batch_size: int) -> float:
-  """Seconds to read, decode, resize and predict every image with every teacher."""
+  """Seconds to read, decode and predict every image with every teacher (the
+  teachers fit the stored bytes to their input size in their graphs)."""
   models = {task: serving.load(path) for task, path in teacher_paths.items()}
+  with open(paths[0], "rb") as f:
+    first_image = decode.decode_image(f.read())[1]
   for model in models.values():  # Trace once, as the pipeline's first batch does.
-    model.predict(np.zeros((batch_size, *model.input_size, 3), np.uint8))
+    model.predict([first_image] * batch_size)
   start = time.perf_counter()
   for first in range(0, len(paths), batch_size):
-    images = []
+    encoded = []
     for path in paths[first:first + batch_size]:
       with open(path, "rb") as f:
-        images.append(decode.decode_image(f.read())[0])
+        encoded.append(decode.decode_image(f.read())[1])
+    encoded += encoded[-1:] * (batch_size - len(encoded))
     for model in models.values():
-      batch = np.zeros((batch_size, *model.input_size, 3), np.uint8)
-      for i, image in enumerate(images):
-        batch[i] = inference.resize_image(image, model.input_size)
-      model.predict(batch)
+      model.predict(encoded)
   return time.perf_counter() - start
 
 

@@ -7,7 +7,6 @@ model (teacher, student, baseline, transfer) is scored by `score`: offline
 eval parser adds `ground_truth`, `padded_batch` batches it and `aggregate`
 feeds it to the metrics from a task's `aggregate_logs`.
 """
-import glob
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -15,7 +14,7 @@ import tensorflow as tf
 
 from must import schema as schema_lib
 
-Predict = Callable[[np.ndarray], Mapping[str, np.ndarray]]
+Predict = Callable[[list[bytes]], Mapping[str, np.ndarray]]
 GROUND_TRUTH = "ground_truth"  # the eval labels' key of the raw decoded labels
 
 
@@ -93,11 +92,24 @@ def aggregate(metrics: Mapping[str, Any], truth: Mapping[str, Any],
 
 
 def _examples(pattern: str, schema: schema_lib.Schema) -> Iterator[dict]:
-  files = sorted(tf.io.gfile.glob(pattern)) or sorted(glob.glob(pattern))
+  """Decoded examples of the split, each with its stored image bytes as `encoded`."""
+  files = sorted(tf.io.gfile.glob(pattern))
   if not files:
     raise FileNotFoundError(f"evaluation split {pattern!r} matches no files")
-  dataset = tf.data.TFRecordDataset(files).map(schema.decode, num_parallel_calls=tf.data.AUTOTUNE)
+  encoded = {schema_lib.IMAGE_KEY: tf.io.FixedLenFeature((), tf.string)}
+  dataset = tf.data.TFRecordDataset(files).map(
+      lambda record: {**schema.decode(record),
+                      "encoded": tf.io.parse_single_example(record, encoded)[schema_lib.IMAGE_KEY]},
+      num_parallel_calls=tf.data.AUTOTUNE)
   yield from dataset.as_numpy_iterator()
+
+
+def dense_size(task, outputs: Mapping[str, np.ndarray]) -> tuple[int, int] | None:
+  """(h, w) of one image's dense served outputs (`Task.served_outputs` of rank 3+)."""
+  for key, rank in task.served_outputs.items():
+    if rank >= 3 and key in outputs:
+      return tuple(np.shape(outputs[key])[:2])
+  return None
 
 
 def evaluate(predictors: Mapping[str, Predict], pattern: str, task_params: Mapping[str, dict],
@@ -105,7 +117,8 @@ def evaluate(predictors: Mapping[str, Predict], pattern: str, task_params: Mappi
   """Runs each task's predictor over the split and scores it against its labels.
 
   Args:
-    predictors: task name -> predict(uint8 images [B, H, W, 3]) -> raw outputs.
+    predictors: task name -> predict(encoded images) -> the teacher contract's
+      outputs (`must.serving`), dense ones spanning each image.
     pattern: TFRecord file pattern of the evaluation split.
     task_params: the schema's task parameters (e.g. the world's).
     batch_size: images per predictor call.
@@ -118,12 +131,13 @@ def evaluate(predictors: Mapping[str, Predict], pattern: str, task_params: Mappi
   batch = []
 
   def flush():
-    images = np.stack([example["image"] for example in batch])
+    encoded = [example["encoded"] for example in batch]
     for task, predict in predictors.items():
-      outputs = predict(images)
+      outputs = predict(encoded)
       for i, example in enumerate(batch):
-        score(metrics[task], example[task], example["image"].shape[:2],
-              {key: value[i] for key, value in outputs.items()})
+        one = {key: value[i] for key, value in outputs.items()}
+        score(metrics[task], example[task], example["image"].shape[:2], one,
+              dense_size(schema.tasks[task], one))
     batch.clear()
 
   for example in _examples(pattern, schema):

@@ -25,6 +25,7 @@ VERSION_KEY = "must/schema_version"
 GROUND_TRUTH = "ground_truth"
 PSEUDO = "pseudo"
 SOURCES = (GROUND_TRUTH, PSEUDO)
+IMAGE_KEY = "image/encoded"
 
 
 def source_key(task: str) -> str:
@@ -93,7 +94,7 @@ class Schema:
       encoded = image_codec.encode_image(image, image_format, jpeg_quality)
     image_size = image.shape[:2]
     feature = {
-        "image/encoded": base.bytes_feature(encoded),
+        IMAGE_KEY: base.bytes_feature(encoded),
         "image/format": base.bytes_feature(image_format),
         "image/height": base.int64_feature(image_size[0]),
         "image/width": base.int64_feature(image_size[1]),
@@ -115,7 +116,7 @@ class Schema:
   def feature_spec(self) -> base.FeatureSpec:
     """The parse spec of the common keys, provenance and every task's keys."""
     spec = {
-        "image/encoded": tf.io.FixedLenFeature((), tf.string),
+        IMAGE_KEY: tf.io.FixedLenFeature((), tf.string),
         "image/format": tf.io.FixedLenFeature((), tf.string, default_value=""),
         "image/height": tf.io.FixedLenFeature((), tf.int64, default_value=-1),
         "image/width": tf.io.FixedLenFeature((), tf.int64, default_value=-1),
@@ -136,7 +137,7 @@ class Schema:
        and per task name: {'present', 'source', 'model', ...the task's tensors}}.
     """
     parsed = tf.io.parse_single_example(serialized, self.feature_spec())
-    image = tf.io.decode_image(parsed["image/encoded"], channels=3, expand_animations=False)
+    image = tf.io.decode_image(parsed[IMAGE_KEY], channels=3, expand_animations=False)
     image_size = tf.shape(image)[:2]
     decoded = {
         "image": image,

@@ -1,12 +1,29 @@
-"""Loading a model that serves the teacher signature (a teacher or a student).
+"""The teacher contract: the serving signature every teacher (and student) has.
 
-The SavedModel's `serving_default` takes `images`, uint8 [B, H, W, 3] at the
-model's input size, and returns one task's raw outputs (see
-`teachers/export.py`); `teacher.json` beside it says which task and how.
+A teacher is a SavedModel whose `serving_default` takes `encoded`, string [B]:
+each element one image's JPEG, PNG, GIF, BMP or WebP bytes, of any size. In the
+graph, each image is decoded and fitted to the model's input size by its
+`size_policy`, as Model Garden's serving modules do:
 
-A multi-task model (the student, `must/student/export.py`) has one such
-signature per task, named after the task, and its `teacher.json` lists them
-under `tasks`; `load(path, task)` serves one of them like a teacher.
+  pad          keep the aspect ratio, resize to fit, pad bottom and right
+               (`preprocess_ops.resize_and_crop_image`; detection, segmentation,
+               depth)
+  resize       resize to the input size, aspect ratio not kept (classification)
+  center_crop  Model Garden's classification crop (0.875 of the short side,
+               centred), then resize; for outputs without a pixel frame
+
+It returns one task's outputs in each input image's own frame
+(`Task.to_image_frame`): normalized boxes of the image, dense maps that span the
+image at the model's resolution (so memory does not grow with the image), and
+per-pixel class and confidence rather than probabilities. `Task.served_outputs`
+lists each task's keys and ranks.
+
+`teacher.json` beside the SavedModel (`TeacherMetadata`, this file's
+`FORMAT_VERSION`) says which task, classes, input size and size policy. A
+multi-task model (the student, `must/student/export.py`) has one such
+signature per task, named after the task, and lists them under `tasks`;
+`load(path, task)` serves one of them like a teacher. `load` checks the
+signature against the contract and names any mismatch.
 """
 import dataclasses
 import json
@@ -16,9 +33,16 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from must import tasks as tasks_lib
+from official.vision.ops import preprocess_ops
+
 METADATA_FILE = "teacher.json"
 SIGNATURE = "serving_default"
-FORMAT_VERSION = 1  # of teacher.json; files written before the field existed are version 1
+INPUT = "encoded"  # the signature's one input: string [B], encoded images
+# Of teacher.json. 1: uint8 images at the input size in, outputs in the model's
+# frame (re-export such models); files written before the field existed are 1.
+FORMAT_VERSION = 2
+SIZE_POLICIES = ("pad", "resize", "center_crop")
 
 
 @dataclasses.dataclass
@@ -27,8 +51,9 @@ class TeacherMetadata:
 
   A teacher serves one `task` (with `num_classes`, `class_names`); a
   multi-task model serves `tasks`, task -> {num_classes, class_names,
-  loss_weight}, one signature each. `version` is the model's (e.g. step2000),
-  `format_version` the file's.
+  loss_weight}, one signature each. `input_size` and `size_policy` say how
+  images are fitted to the model (module docstring). `version` is the model's
+  (e.g. step2000), `format_version` the file's.
   """
   input_size: list[int] = dataclasses.field(default_factory=list)
   experiment: str = ""
@@ -37,6 +62,7 @@ class TeacherMetadata:
   num_classes: int | None = None
   class_names: list[str] | None = None
   tasks: dict[str, dict[str, Any]] | None = None
+  size_policy: str = ""
   train_batch_size: int | None = None
   train_learning_rate: float | None = None
   backbone_checkpoint: str | None = None
@@ -100,9 +126,87 @@ def restore(path: str, **objects) -> None:
                      f"restored (a wrong or mismatched checkpoint): {str(e)[:1000]}") from None
 
 
+def build_task(name: str, num_classes: int | None = None):
+  """The `must.tasks` task a model serves (`num_classes` where the task has classes)."""
+  task_class = tasks_lib.get(name)
+  return task_class(num_classes=num_classes) if task_class.has_classes else task_class()
+
+
+def fit_image(encoded: tf.Tensor, input_size, size_policy: str
+              ) -> tuple[tf.Tensor, tf.Tensor]:
+  """One encoded image -> (uint8 [h, w, 3] at the input size, image_info [4, 2]).
+
+  image_info is Model Garden's: rows (original size, scaled size, scale,
+  offset), in (y, x). The scaled image covers the top-left `scaled size` of the
+  output; the rest is zero padding.
+  """
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  original = tf.cast(tf.shape(image)[:2], tf.float32)
+  size = tf.constant(list(input_size), tf.float32)
+  if size_policy == "pad":
+    fitted, info = preprocess_ops.resize_and_crop_image(image, list(input_size), list(input_size))
+  elif size_policy in ("resize", "center_crop"):
+    cropped = preprocess_ops.center_crop_image(image) if size_policy == "center_crop" else image
+    fitted = tf.image.resize(cropped, list(input_size))
+    info = tf.stack([original, size, size / original, tf.zeros([2])])
+  else:
+    raise ValueError(f"unknown size_policy {size_policy!r}; valid: {SIZE_POLICIES}")
+  return tf.cast(tf.clip_by_value(tf.round(fitted), 0, 255), tf.uint8), info
+
+
+def image_frame_serving(task, model_fn, input_size, size_policy: str):
+  """The contract's serving function around a model of fixed input size.
+
+  Args:
+    task: the `must.tasks` task the model serves.
+    model_fn: uint8 [B, h, w, 3] at `input_size` -> the task's outputs in the
+      model's frame (dense maps of the input size, boxes normalized to it).
+    input_size: (h, w).
+    size_policy: one of `task.size_policies`.
+
+  Returns:
+    encoded string [B] -> the task's outputs in each image's frame.
+  """
+  if size_policy not in task.size_policies:
+    raise ValueError(f"size_policy {size_policy!r} cannot serve {task.name}; "
+                     f"valid: {task.size_policies}")
+  input_size = [int(v) for v in input_size[:2]]
+
+  def serve(encoded):
+    images, image_info = tf.map_fn(
+        lambda e: fit_image(e, input_size, size_policy), encoded,
+        fn_output_signature=(tf.TensorSpec([*input_size, 3], tf.uint8),
+                             tf.TensorSpec([4, 2], tf.float32)))
+    return task.to_image_frame(model_fn(images), image_info, input_size)
+  return serve
+
+
+def signature_spec() -> tf.TensorSpec:
+  return tf.TensorSpec([None], tf.string, name=INPUT)
+
+
+def check_signature(signature, task, where: str) -> None:
+  """Raises a ValueError naming how `signature` differs from the contract of
+  `task` (a task or its class)."""
+  inputs = signature.structured_input_signature[1]
+  if set(inputs) != {INPUT} or inputs[INPUT].dtype != tf.string:
+    got = {k: v.dtype.name for k, v in inputs.items()}
+    raise ValueError(f"{where} takes {got}; the teacher contract is {INPUT!r}: string [B] "
+                     "of encoded images (re-export it with this version)")
+  outputs = signature.structured_outputs
+  for key, rank in task.served_outputs.items():
+    if key not in outputs:
+      raise ValueError(f"{where} serves {task.name} without output {key!r}; it has "
+                       f"{sorted(outputs)}, the contract {sorted(task.served_outputs)}")
+    if outputs[key].shape.rank not in (None, rank):
+      raise ValueError(f"{where} output {key!r} has rank {outputs[key].shape.rank}, "
+                       f"the {task.name} contract rank {rank}")
+
+
 @dataclasses.dataclass
 class ServedModel:
-  """A loaded teacher: its metadata and a NumPy-in, NumPy-out predict."""
+  """A loaded teacher: its metadata and a bytes-in, NumPy-out predict."""
   path: str
   metadata: TeacherMetadata
   signature: Any
@@ -119,22 +223,24 @@ class ServedModel:
   def name(self) -> str:
     return f"{self.metadata.experiment or self.task}@{self.metadata.version}"
 
-  def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
-    """uint8 [B, H, W, 3] at the input size -> the task's raw outputs."""
-    if tuple(images.shape[1:3]) != self.input_size:
-      raise ValueError(f"{self.path} takes {self.input_size} images, got {images.shape[1:3]}")
-    outputs = self.signature(images=tf.constant(images, tf.uint8))
+  def predict(self, encoded: list[bytes]) -> dict[str, np.ndarray]:
+    """Encoded images of any size -> the task's outputs in each image's frame."""
+    outputs = self.signature(**{INPUT: tf.constant(list(encoded), tf.string)})
     return {key: value.numpy() for key, value in outputs.items()}
 
 
 def load(path: str, task: str | None = None) -> ServedModel:
-  """Loads a teacher-signature SavedModel (one task of a multi-task one) and its metadata."""
+  """Loads a teacher SavedModel (one task of a multi-task one), checked against the contract."""
   raw = TeacherMetadata.read(path)
   metadata = raw.for_task(task, where=path)
   signature_name = metadata.task if raw.tasks is not None else SIGNATURE
   signature = tf.saved_model.load(path).signatures[signature_name]
+  try:
+    task_class = tasks_lib.get(metadata.task)
+  except KeyError as e:
+    raise ValueError(f"{path}: teacher.json names {e.args[0]}") from None
+  check_signature(signature, task_class, f"{path} ({signature_name})")
   return ServedModel(path, metadata, signature)
-
 
 def load_all(path: str) -> list[ServedModel]:
   """Every task a SavedModel serves: one for a teacher, one per task for a student."""

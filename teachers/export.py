@@ -6,17 +6,21 @@
   python -m teachers.export --model_garden_export_dir exported/retinanet \
       --export_dir out/teachers/retinanet     # adapt a Model Garden export
 
-Signature `serving_default`: `images`, uint8 [batch, H, W, 3] at the teacher's
-input size, in; the task's raw outputs out:
+Signature `serving_default` (the teacher contract, `must.serving`): `encoded`,
+string [B] of encoded images of any size, in; the task's outputs in each
+image's own frame out:
 
   classification  probs [B, C]
-  detection       boxes [B, N, 4] (normalized ymin, xmin, ymax, xmax), scores
-                  [B, N], classes [B, N] int32, num_detections [B] int32
-  segmentation    probs [B, H, W, C]
-  depth           depth [B, H, W] (relative inverse depth)
+  detection       boxes [B, N, 4] (ymin, xmin, ymax, xmax normalized to the
+                  image), scores [B, N], classes [B, N] int32, num_detections [B]
+  segmentation    classes [B, h, w] int32, confidence [B, h, w] (spanning the
+                  image at the teacher's input size h x w)
+  depth           depth [B, h, w] (relative inverse depth, spanning the image)
 
-Next to the SavedModel, `teacher.json` says what it is: task, class names,
-input size, the training batch size and learning rate (the student's loss
+Images are fitted to the input size in the graph by `--size_policy` (default:
+the task's first, `pad` but for classification, `resize`). Next to the
+SavedModel, `teacher.json` says what it is: task, class names, input size and
+size policy, the training batch size and learning rate (the student's loss
 weights use them), version and experiment.
 
 A SavedModel exported by Model Garden's own tool (`export_saved_model`, input
@@ -42,18 +46,25 @@ SIGNATURE = serving.SIGNATURE
 
 
 class TeacherModule(tf.Module):
-  """A teacher's model (or a loaded Model Garden export) behind the uniform signature."""
+  """A model behind the teacher contract's signature (`must.serving`).
 
-  def __init__(self, serve_fn, input_size: list[int], trackable):
+  Args:
+    task: the `must.tasks` task it serves.
+    model_fn: uint8 [B, h, w, 3] at `input_size` -> outputs in the model's frame.
+    input_size: (h, w).
+    size_policy: how images are fitted to it.
+    trackable: what holds the model's variables (saved with the module).
+  """
+
+  def __init__(self, task, model_fn, input_size, size_policy: str, trackable):
     super().__init__()
-    self._serve_fn = serve_fn
-    self.inner = trackable  # Saved with the module: the model's variables.
+    self.inner = trackable
     self.serve = tf.function(
-        self._serve, input_signature=[tf.TensorSpec([None, *input_size, 3], tf.uint8,
-                                                    name="images")])
+        serving.image_frame_serving(task, model_fn, input_size, size_policy),
+        input_signature=[serving.signature_spec()])
 
-  def _serve(self, images):
-    return self._serve_fn(images)
+  def save(self, export_dir: str) -> None:
+    tf.saved_model.save(self, export_dir, signatures={SIGNATURE: self.serve})
 
 
 def _serve_fn(teacher, params, model, input_size):
@@ -64,10 +75,10 @@ def _serve_fn(teacher, params, model, input_size):
 
 
 def _write_metadata(export_dir: str, teacher, params, version: str, class_names,
-                    source: str) -> dict:
+                    source: str, size_policy: str) -> dict:
   metadata = serving.TeacherMetadata(
       task=teacher.TASK, experiment=teacher.EXPERIMENT, version=version,
-      input_size=list(params.task.model.input_size[:2]),
+      input_size=list(params.task.model.input_size[:2]), size_policy=size_policy,
       num_classes=getattr(params.task.model, "num_classes", None), class_names=class_names,
       train_batch_size=params.task.train_data.global_batch_size,
       train_learning_rate=configs.initial_learning_rate(params.trainer), source=source)
@@ -101,8 +112,15 @@ def load_params(model_dir: str):
   return configs.load_saved(model_dir, teachers.experiments())
 
 
+def _served_task(teacher, params, size_policy: str | None):
+  """(the `must.tasks` task, the size policy: `size_policy` or the task's default)."""
+  task = serving.build_task(teacher.TASK, getattr(params.task.model, "num_classes", None))
+  return task, size_policy or task.size_policies[0]
+
+
 def export_teacher(model_dir: str, export_dir: str, *, checkpoint_path: str | None = None,
-                   version: str | None = None, world_dir: str | None = None) -> dict:
+                   version: str | None = None, world_dir: str | None = None,
+                   size_policy: str | None = None) -> dict:
   """Exports the trained teacher in `model_dir`; returns its metadata."""
   params = load_params(model_dir)
   teacher = teachers.for_params(params)
@@ -111,16 +129,18 @@ def export_teacher(model_dir: str, export_dir: str, *, checkpoint_path: str | No
   model = task.build_model()
   serving.restore(checkpoint, model=model)
   input_size = list(params.task.model.input_size[:2])
-  module = TeacherModule(_serve_fn(teacher, params, model, input_size), input_size, model)
-  tf.saved_model.save(module, export_dir, signatures={SIGNATURE: module.serve})
+  served, size_policy = _served_task(teacher, params, size_policy)
+  TeacherModule(served, _serve_fn(teacher, params, model, input_size), input_size, size_policy,
+                model).save(export_dir)
   step = checkpoint.rsplit("-", 1)[-1]
   return _write_metadata(export_dir, teacher, params, version or f"step{step}",
                          _class_names(world_dir, getattr(params.task.model, "num_classes", None)),
-                         source=os.path.abspath(checkpoint))
+                         source=os.path.abspath(checkpoint), size_policy=size_policy)
 
 
 def adapt_model_garden_export(model_garden_export_dir: str, export_dir: str, *,
-                              version: str = "model_garden", world_dir: str | None = None) -> dict:
+                              version: str = "model_garden", world_dir: str | None = None,
+                              size_policy: str | None = None) -> dict:
   """Wraps a Model Garden SavedModel (image_tensor input) as a teacher."""
   params = load_params(model_garden_export_dir)
   teacher = teachers.for_params(params)
@@ -138,11 +158,12 @@ def adapt_model_garden_export(model_garden_export_dir: str, export_dir: str, *,
     outputs = signature(**{input_name: images})
     return teacher.outputs_from_model_garden(outputs, images, params)
 
-  module = TeacherModule(serve, input_size, loaded)
-  tf.saved_model.save(module, export_dir, signatures={SIGNATURE: module.serve})
+  served, size_policy = _served_task(teacher, params, size_policy)
+  TeacherModule(served, serve, input_size, size_policy, loaded).save(export_dir)
   return _write_metadata(export_dir, teacher, params, version,
                          _class_names(world_dir, getattr(params.task.model, "num_classes", None)),
-                         source=os.path.abspath(model_garden_export_dir))
+                         source=os.path.abspath(model_garden_export_dir),
+                         size_policy=size_policy)
 
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A trained teacher's model dir.")
@@ -153,6 +174,8 @@ _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Where to write the teache
 _CHECKPOINT = flags.DEFINE_string("checkpoint_path", None, "Default: latest in --model_dir.")
 _VERSION = flags.DEFINE_string("version", None, "Teacher version; default step<N>.")
 _WORLD_DIR = flags.DEFINE_string("world_dir", None, "Takes class names from its world.json.")
+_SIZE_POLICY = flags.DEFINE_enum("size_policy", None, serving.SIZE_POLICIES,
+                                 "How images are fitted to the input size; default: the task's.")
 
 
 def main(argv):
@@ -162,11 +185,12 @@ def main(argv):
   if _MODEL_DIR.value:
     metadata = export_teacher(_MODEL_DIR.value, _EXPORT_DIR.value,
                               checkpoint_path=_CHECKPOINT.value, version=_VERSION.value,
-                              world_dir=_WORLD_DIR.value)
+                              world_dir=_WORLD_DIR.value, size_policy=_SIZE_POLICY.value)
   else:
     metadata = adapt_model_garden_export(_MG_EXPORT_DIR.value, _EXPORT_DIR.value,
                                          version=_VERSION.value or "model_garden",
-                                         world_dir=_WORLD_DIR.value)
+                                         world_dir=_WORLD_DIR.value,
+                                         size_policy=_SIZE_POLICY.value)
   print(json.dumps(metadata, indent=2))
 
 

@@ -1,7 +1,7 @@
 """Segmentation teacher: Model Garden's semantic segmentation task (ResNet-FPN).
 
 Trained on the world's segmentation split (ignore label 255); serves per-pixel
-class probabilities at the input size.
+classes and confidence.
 """
 import tensorflow as tf
 
@@ -52,10 +52,9 @@ TINY_EXPERIMENT = configs.register_tiny(EXPERIMENT)
 
 def outputs_from_model_garden(outputs: dict[str, tf.Tensor], images: tf.Tensor,
                               params: cfg.ExperimentConfig) -> dict[str, tf.Tensor]:
-  """Model Garden segmentation logits -> {'probs': [B, H, W, C]} at the image size."""
+  """Model Garden segmentation logits -> per-pixel classes and confidence at the input size."""
   del params
-  logits = tf.image.resize(tf.cast(outputs["logits"], tf.float32), tf.shape(images)[1:3])
-  return {"probs": tf.nn.softmax(logits, axis=-1)}
+  return segmentation.classes_and_confidence(outputs["logits"], tf.shape(images)[1:3])
 
 
 model_garden_module = common.model_garden_module(seg_serving.SegmentationModule)

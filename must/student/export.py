@@ -6,9 +6,11 @@
 Writes under `--export_dir`:
 
   saved_model.pb, variables/   one SavedModel with a signature per task, named
-                               after the task, each the teacher signature
-                               (`images` uint8 [B, H, W, 3] in, that task's raw
-                               outputs out; see `teachers/export.py`)
+                               after the task, each the teacher contract's
+                               signature (`encoded` images in, that task's
+                               outputs in each image's frame out; see
+                               `must.serving`), fitting images by `resize`
+                               as the student's input pipeline does
   teacher.json                 what it serves: `tasks` (per task: class count
                                and names), input size, the training batch size
                                and learning rate, version
@@ -34,6 +36,7 @@ from must.student import config as student_config
 from must.student import task as task_lib
 
 BACKBONE_DIR = "backbone"
+SIZE_POLICY = "resize"  # the student's input pipeline resizes images to its input size
 
 
 def load_params(model_dir: str):
@@ -55,10 +58,11 @@ class StudentModule(tf.Module):
   def __init__(self, task: task_lib.StudentTask, model):
     super().__init__()
     self.model = model  # Saved with the module: the model's variables.
-    spec = tf.TensorSpec([None, *task.input_size, 3], tf.uint8, name="images")
     self.serve_fns = {
-        name: tf.function(lambda images, name=name: task.serve(model, images, [name])[name],
-                          input_signature=[spec])
+        name: tf.function(serving.image_frame_serving(
+            task.schema.tasks[name],
+            lambda images, name=name: task.serve(model, images, [name])[name],
+            task.input_size, SIZE_POLICY), input_signature=[serving.signature_spec()])
         for name in task.heads}
 
 
@@ -81,6 +85,7 @@ def export_student(model_dir: str, export_dir: str, *, checkpoint_path: str | No
   metadata = serving.TeacherMetadata(
       experiment=student_config.EXPERIMENT,
       version=version or f"step{checkpoint.rsplit('-', 1)[-1]}", input_size=task.input_size,
+      size_policy=SIZE_POLICY,
       tasks={head.task: {"num_classes": head.num_classes or None,
                          "class_names": class_names if head.num_classes else None,
                          "loss_weight": task.loss_weights[head.task]}

@@ -128,6 +128,49 @@ class Task(abc.ABC):
   # Dense teacher outputs `pseudo_label` takes at the teacher's size and maps to
   # the image itself (so a [H, W, C] map is never expanded to a large image).
   outputs_at_teacher_size: ClassVar[tuple[str, ...]] = ()
+  # The teacher contract (`must.serving`): how a served model fits images to its
+  # input size (the first is the default) and its outputs: key -> rank, batch
+  # axis included.
+  size_policies: ClassVar[tuple[str, ...]] = ("pad", "resize")
+  served_outputs: ClassVar[dict[str, int]] = {}
+  # The typed config of how a model of another origin maps its outputs to this
+  # task's (`adapt_outputs`, `teachers.adapter`); None: no adapter.
+  adapter_outputs: ClassVar[type | None] = None
+
+  def adapt_outputs(self, outputs: Mapping[str, tf.Tensor], options: Any,
+                    input_size: Sequence[int]) -> dict[str, tf.Tensor]:
+    """A foreign model's outputs -> this task's in the model's frame (TF).
+
+    Args:
+      outputs: the model's named outputs for a batch at its input size.
+      options: this task's `adapter_outputs` config.
+      input_size: (h, w) of the model's input.
+    """
+    raise ValueError(f"{self.name} has no adapter for models of other origins")
+
+  def check_served(self, outputs: Mapping[str, np.ndarray]) -> str:
+    """'' when a served model's outputs (one probe batch) fit this task, else why not."""
+    del outputs
+    return ""
+
+  def to_image_frame(self, outputs: Mapping[str, tf.Tensor], image_info: tf.Tensor,
+                     input_size: Sequence[int]) -> dict[str, tf.Tensor]:
+    """A served model's outputs in its input's frame -> in each image's own frame (TF).
+
+    The default crops dense maps (outputs [B, h, w, ...] at the input size or a
+    fraction of it) to the part that covers the image and resizes that back to
+    the map's size, so the map spans the image; integer maps by nearest
+    neighbour. Other outputs pass unchanged. Tasks with coordinates override it.
+
+    Args:
+      outputs: the model's outputs for the fitted images.
+      image_info: float [B, 4, 2], Model Garden's (original size, scaled size,
+        scale, offset) per image (`must.serving.fit_image`).
+      input_size: (h, w) of the model's input.
+    """
+    return {key: crop_to_image(value, image_info, input_size)
+            if value.shape.rank is not None and value.shape.rank >= 3 else value
+            for key, value in outputs.items()}
 
   @abc.abstractmethod
   def features(self, label: Any, image_size: tuple[int, int]) -> Features:
@@ -276,3 +319,28 @@ def decode_png_or_fill(encoded: tf.Tensor, present: tf.Tensor, image_size: tf.Te
       lambda: tf.reshape(tf.io.decode_png(encoded, channels=channels, dtype=dtype), shape),
       lambda: tf.fill(shape, tf.constant(fill, dtype)))
   return array[..., 0] if channels == 1 else array
+
+
+def adapted_output(outputs: Mapping[str, tf.Tensor], key: str) -> tf.Tensor:
+  """`outputs[key]` ('' for a model's only output), naming the keys on a miss."""
+  if not key and len(outputs) == 1:
+    return next(iter(outputs.values()))
+  if key not in outputs:
+    raise ValueError(f"the model has outputs {sorted(outputs)}, not {key!r}: set the "
+                     "adapter config's outputs")
+  return outputs[key]
+
+
+def crop_to_image(dense: tf.Tensor, image_info: tf.Tensor, input_size: Sequence[int]
+                  ) -> tf.Tensor:
+  """[B, h, w(, C)] over the fitted input -> the same shape over each image alone."""
+  size = tf.shape(dense)[1:3]
+  cells = tf.cast(size, tf.float32)
+  covered = image_info[:, 1, :] / tf.constant(list(input_size[:2]), tf.float32) * cells
+  boxes = tf.concat([tf.zeros_like(covered), (covered - 1) / tf.maximum(cells - 1, 1)], -1)
+  values = dense if dense.shape.rank == 4 else dense[..., None]
+  method = "bilinear" if dense.dtype.is_floating else "nearest"
+  cropped = tf.image.crop_and_resize(tf.cast(values, tf.float32), boxes,
+                                     tf.range(tf.shape(dense)[0]), size, method=method)
+  cropped = cropped if dense.shape.rank == 4 else cropped[..., 0]
+  return tf.cast(tf.round(cropped) if not dense.dtype.is_floating else cropped, dense.dtype)

@@ -17,6 +17,7 @@ from must import image_codec
 from must import tasks
 from must.tasks import base
 from must.tasks import heads
+from official.modeling import hyperparams
 
 LABEL = "image/class/label"
 SOFT_LABEL = "image/class/soft/label"
@@ -35,6 +36,18 @@ class ClassificationLabel:
     return cls(probs)
 
 
+@dataclasses.dataclass
+class ClassificationAdapter(hyperparams.Config):
+  """How a foreign classifier's output maps to `probs`.
+
+  Attributes:
+    key: its output of class scores ('' for its only output).
+    kind: 'logits' (softmax applied) or 'probs'.
+  """
+  key: str = ""
+  kind: str = "logits"
+
+
 @tasks.register
 class Classification(base.Task):
   """Classification with soft labels.
@@ -46,6 +59,20 @@ class Classification(base.Task):
   """
 
   name = "classification"
+  size_policies = ("resize", "center_crop", "pad")
+  served_outputs = {"probs": 2}
+  adapter_outputs = ClassificationAdapter
+
+  def adapt_outputs(self, outputs, options, input_size):
+    scores = tf.cast(base.adapted_output(outputs, options.key), tf.float32)
+    if options.kind not in ("logits", "probs"):
+      raise ValueError(f"classification outputs kind {options.kind!r}; valid: logits, probs")
+    return {"probs": tf.nn.softmax(scores, -1) if options.kind == "logits" else scores}
+
+  def check_served(self, outputs):
+    width = np.shape(outputs["probs"])[-1]
+    return "" if width == self.num_classes else (
+        f"probs have {width} classes, the teacher declares {self.num_classes}")
   primary_metric = "top1"
   has_classes = True
   world_teacher_split = True

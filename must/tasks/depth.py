@@ -19,6 +19,7 @@ from must import tasks
 from must import visualize
 from must.tasks import base
 from must.tasks import heads
+from official.modeling import hyperparams
 
 ENCODED = "image/depth/encoded"
 SCALE = "image/depth/scale"
@@ -56,11 +57,37 @@ def dequantize(codes: np.ndarray, scale: float, shift: float) -> np.ndarray:
   return np.where(codes > 0, depth, np.float32(np.nan)).astype(np.float32)
 
 
+@dataclasses.dataclass
+class DepthAdapter(hyperparams.Config):
+  """How a foreign depth model's output maps to relative inverse depth.
+
+  Attributes:
+    key: its [B, h, w] or [B, h, w, 1] output ('' for its only output).
+    kind: 'metric' or 'relative' (depth: inverted), 'inverse' or
+      'relative_inverse' (disparity-like: kept).
+  """
+  key: str = ""
+  kind: str = "relative_inverse"
+
+
 @tasks.register
 class Depth(base.Task):
   """Dense depth (relative inverse or metric)."""
 
   name = "depth"
+  served_outputs = {"depth": 3}
+  adapter_outputs = DepthAdapter
+
+  def adapt_outputs(self, outputs, options, input_size):
+    values = tf.cast(base.adapted_output(outputs, options.key), tf.float32)
+    values = values if values.shape.rank == 4 else values[..., None]
+    values = heads.upsample(values, list(input_size[:2]))[..., 0]
+    if options.kind in ("metric", "relative"):
+      values = 1.0 / tf.maximum(values, 1e-6)
+    elif options.kind not in ("inverse", "relative_inverse"):
+      raise ValueError(f"depth outputs kind {options.kind!r}; valid: metric, relative, "
+                       "inverse, relative_inverse")
+    return {OUTPUT: values}
   primary_metric = "delta_1.25"
   lower_is_better = ("abs_rel",)
   student_loss_weight_rule = "fixed"

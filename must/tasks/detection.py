@@ -83,6 +83,27 @@ class DetectionHeadOptions(hyperparams.Config):
       default_factory=configs.detection_generator)
 
 
+@dataclasses.dataclass
+class DetectionAdapter(hyperparams.Config):
+  """How a foreign detector's outputs map to the served boxes.
+
+  Attributes:
+    boxes, scores, classes: its output keys.
+    num_detections: its count of valid rows ('' when every row is valid).
+    box_format: 'yxyx' (ymin, xmin, ymax, xmax), 'xyxy' or 'xywh' (COCO).
+    box_units: 'normalized' or 'pixels' of the model's input.
+    class_offset: added to its class ids (e.g. 1 for 0-based ids of a 1-based
+      space where 0 is background).
+  """
+  boxes: str = "detection_boxes"
+  scores: str = "detection_scores"
+  classes: str = "detection_classes"
+  num_detections: str = "num_detections"
+  box_format: str = "yxyx"
+  box_units: str = "normalized"
+  class_offset: int = 0
+
+
 @tasks.register
 class Detection(base.Task):
   """Detection with normalized boxes.
@@ -97,6 +118,41 @@ class Detection(base.Task):
   world_teacher_split = True
   writes_coco = True
   head_options = DetectionHeadOptions
+  served_outputs = {"boxes": 3, "scores": 2, "classes": 2, "num_detections": 1}
+  adapter_outputs = DetectionAdapter
+
+  def adapt_outputs(self, outputs, options, input_size):
+    boxes = tf.cast(base.adapted_output(outputs, options.boxes), tf.float32)
+    a, b, c, d = tf.unstack(boxes, axis=-1)
+    if options.box_format not in ("yxyx", "xyxy", "xywh"):
+      raise ValueError(f"detection box_format {options.box_format!r}; valid: yxyx, xyxy, xywh")
+    boxes = {"yxyx": (a, b, c, d), "xyxy": (b, a, d, c),
+             "xywh": (b, a, b + d, a + c)}[options.box_format]
+    boxes = tf.stack(boxes, axis=-1)
+    if options.box_units == "pixels":
+      boxes /= tf.constant(list(input_size[:2]) * 2, tf.float32)
+    elif options.box_units != "normalized":
+      raise ValueError(f"detection box_units {options.box_units!r}; valid: normalized, pixels")
+    scores = tf.cast(base.adapted_output(outputs, options.scores), tf.float32)
+    rows = tf.shape(scores)[1]
+    count = (tf.cast(tf.reshape(base.adapted_output(outputs, options.num_detections), [-1]),
+                     tf.int32) if options.num_detections
+             else tf.fill(tf.shape(scores)[:1], rows))
+    classes = tf.cast(base.adapted_output(outputs, options.classes), tf.int32)
+    return {"boxes": tf.clip_by_value(boxes, 0.0, 1.0), "scores": scores,
+            "classes": classes + options.class_offset, "num_detections": count}
+
+  def check_served(self, outputs):
+    return "" if np.shape(outputs["boxes"])[-1] == 4 else (
+        f"boxes have shape {np.shape(outputs['boxes'])}, not [B, N, 4]")
+
+  def to_image_frame(self, outputs, image_info, input_size):
+    """Boxes normalized to the fitted input -> normalized to each original image."""
+    pixels = tf.constant(list(input_size[:2]) * 2, tf.float32)
+    scale = tf.tile(image_info[:, 2, :], [1, 2])[:, None, :]
+    original = tf.tile(image_info[:, 0, :], [1, 2])[:, None, :]
+    boxes = outputs["boxes"] * pixels / (scale * original)
+    return {**outputs, "boxes": tf.clip_by_value(boxes, 0.0, 1.0)}
 
   def __init__(self, num_classes: int):
     self.num_classes = num_classes

@@ -5,7 +5,6 @@ is what Model Garden's semantic segmentation decoder reads.
 """
 import dataclasses
 
-import cv2
 import numpy as np
 import tensorflow as tf
 
@@ -14,6 +13,7 @@ from must import tasks
 from must import visualize
 from must.tasks import base
 from must.tasks import heads
+from official.modeling import hyperparams
 
 ENCODED = "image/segmentation/class/encoded"
 FORMAT = "image/segmentation/class/format"
@@ -24,6 +24,18 @@ IGNORE_LABEL = 255
 class SegmentationLabel:
   """mask: uint8 [H, W] class ids; IGNORE_LABEL marks pixels without a label."""
   mask: np.ndarray
+
+
+@dataclasses.dataclass
+class SegmentationAdapter(hyperparams.Config):
+  """How a foreign segmenter's output maps to per-pixel classes.
+
+  Attributes:
+    key: its [B, h, w, C] output ('' for its only output), at any resolution.
+    kind: 'logits' or 'probs'.
+  """
+  key: str = ""
+  kind: str = "logits"
 
 
 @tasks.register
@@ -62,35 +74,51 @@ class Segmentation(base.Task):
         FORMAT: tf.io.FixedLenFeature((), tf.string, default_value=""),
     }
 
-  outputs_at_teacher_size = ("probs",)
+  outputs_at_teacher_size = ("classes", "confidence")
+  served_outputs = {"classes": 3, "confidence": 3}
+  adapter_outputs = SegmentationAdapter
+
+  def adapt_outputs(self, outputs, options, input_size):
+    scores = tf.cast(base.adapted_output(outputs, options.key), tf.float32)
+    if options.kind not in ("logits", "probs"):
+      raise ValueError(f"segmentation outputs kind {options.kind!r}; valid: logits, probs")
+    logits = scores if options.kind == "logits" else tf.math.log(tf.maximum(scores, 1e-12))
+    return classes_and_confidence(logits, list(input_size[:2]))
+
+  def check_served(self, outputs):
+    top = int(np.max(outputs["classes"], initial=0))
+    return "" if top < self.num_classes else (
+        f"class {top} served, the teacher declares {self.num_classes} classes")
 
   def pseudo_label(self, outputs, image_size, min_confidence: float = 0.5) -> SegmentationLabel:
-    """Per-pixel argmax class; pixels whose top probability is under
-    `min_confidence` get IGNORE_LABEL (the paper's recipe, 0.5).
+    """The teacher's per-pixel class; pixels whose confidence (top class
+    probability) is under `min_confidence` get IGNORE_LABEL (the paper's
+    recipe, 0.5).
 
-    The label is made at the teacher's size and mapped to the image by
+    The label is made at the teacher's resolution and mapped to the image by
     nearest neighbour, so memory stays one byte per image pixel whatever the
-    number of classes. Wherever the teacher pixels a pixel lies between agree,
-    it is the label of the bilinearly resized probabilities.
+    number of classes.
 
     Args:
-      outputs: one image's teacher outputs; `probs` is float [h, w, C] at the
-        teacher's size (or the image's).
+      outputs: one image's teacher outputs: `classes` int [h, w] and
+        `confidence` float [h, w], spanning the image.
       image_size: (height, width) of the stored image.
       min_confidence: the probability threshold.
 
     Returns:
       The SegmentationLabel.
     """
-    probs = np.asarray(outputs["probs"])
-    if probs.shape[-1] > self.num_classes:
-      raise ValueError(f"the segmentation teacher gives {probs.shape[-1]} classes, "
+    classes = np.asarray(outputs["classes"])
+    if classes.size and classes.max() >= self.num_classes:
+      raise ValueError(f"the segmentation teacher gives class {classes.max()}, "
                        f"the schema has {self.num_classes}")
-    mask = np.argmax(probs, axis=-1).astype(np.uint8)
-    mask[probs.max(axis=-1) < min_confidence] = IGNORE_LABEL
+    mask = classes.astype(np.uint8)
+    mask[np.asarray(outputs["confidence"]) < min_confidence] = IGNORE_LABEL
     if mask.shape != tuple(image_size):
-      mask = cv2.resize(mask, (int(image_size[1]), int(image_size[0])),
-                        interpolation=cv2.INTER_NEAREST_EXACT)
+      # Each image pixel takes the teacher pixel whose area holds its centre.
+      rows, cols = ((2 * np.arange(int(n)) + 1) * t // (2 * int(n))
+                    for n, t in zip(image_size, mask.shape))
+      mask = mask[rows[:, None], cols[None, :]]
     return SegmentationLabel(mask)
 
   def metric(self) -> "MeanIoU":
@@ -158,7 +186,7 @@ class Segmentation(base.Task):
 
 
 class MeanIoU(base.Metric):
-  """Mean intersection-over-union of argmax(`probs`) over classes seen in
+  """Mean intersection-over-union of the served `classes` over classes seen in
   labels or predictions; ignored pixels do not count."""
 
   def __init__(self, num_classes: int):
@@ -167,7 +195,7 @@ class MeanIoU(base.Metric):
 
   def update(self, label, outputs):
     truth = np.asarray(label["mask"]).reshape(-1).astype(np.int64)
-    predicted = np.argmax(outputs["probs"], axis=-1).reshape(-1)
+    predicted = np.asarray(outputs["classes"]).reshape(-1).astype(np.int64)
     keep = truth != IGNORE_LABEL
     self.confusion += np.bincount(truth[keep] * self.num_classes + predicted[keep],
                                   minlength=self.num_classes ** 2).reshape(self.confusion.shape)
@@ -200,4 +228,16 @@ class SegmentationHead(heads.StudentHead):
     return tf.reduce_sum(per_pixel * valid), tf.reduce_sum(valid)
 
   def serve(self, outputs, image_size):
-    return {"probs": tf.nn.softmax(heads.upsample(outputs, image_size), axis=-1)}
+    return classes_and_confidence(outputs, image_size)
+
+
+def classes_and_confidence(logits: tf.Tensor, size) -> dict[str, tf.Tensor]:
+  """float [B, h, w, C] logits -> the served `classes` (int32 argmax) and
+  `confidence` (its softmax probability) at `size` [H, W], the logits resized
+  bilinearly one image at a time, so that only one image's probabilities are
+  ever held."""
+  def one(image_logits):
+    probs = tf.nn.softmax(heads.upsample(image_logits[None], size)[0], axis=-1)
+    return tf.argmax(probs, axis=-1, output_type=tf.int32), tf.reduce_max(probs, axis=-1)
+  classes, confidence = tf.map_fn(one, logits, fn_output_signature=(tf.int32, tf.float32))
+  return {"classes": classes, "confidence": confidence}

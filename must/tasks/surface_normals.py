@@ -39,6 +39,7 @@ class SurfaceNormals(base.Task):
   """Dense surface normals."""
 
   name = "surface_normals"
+  served_outputs = {"normals": 4}
   primary_metric = "within_11.25"
   lower_is_better = ("mean_angle",)
   student_loss_weight_rule = "fixed"

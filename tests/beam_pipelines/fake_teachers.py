@@ -1,18 +1,24 @@
 """Fake teachers behind the teacher interface, for fast Beam tests.
 
 `write(root)` makes one directory per task with a `teacher.json`, as an export
-would; `load(path)` returns a fake whose outputs are deterministic functions of
-the images, with values chosen to sit on both sides of the default thresholds:
+would; `load(path)` returns a fake of the teacher contract (encoded images of
+any size in, outputs in each image's frame out) whose outputs are deterministic
+functions of the images, with values chosen to sit on both sides of the
+default thresholds:
 
   classification  softmax over 11 classes, peaked on a class from the image mean
   detection       5 boxes: scores 0.9, 0.6, 0.5, 0.4 and a zero-area box at 0.95
   segmentation    class 1 at 0.9 on the left half, class 2 at 0.4 on the right
   depth           a left-to-right ramp from 1 to 2 plus the image mean / 255
 """
+import io
 import json
 import os
 
 import numpy as np
+from PIL import Image
+
+from must import serving
 
 NUM_CLASSES = 11
 INPUT_SIZE = (32, 32)
@@ -30,7 +36,8 @@ def write(root: str, tasks=TASKS, version: str = "v1") -> dict[str, str]:
     path = os.path.join(root, task)
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "teacher.json"), "w") as f:
-      json.dump({"task": task, "experiment": f"fake_{task}", "version": version,
+      json.dump({"format_version": serving.FORMAT_VERSION,
+                 "task": task, "experiment": f"fake_{task}", "version": version,
                  "input_size": list(INPUT_SIZE),
                  "num_classes": None if task == "depth" else NUM_CLASSES}, f)
     paths[task] = path
@@ -46,10 +53,10 @@ class FakeTeacher:
     self.task = self.metadata["task"]
     self.input_size = tuple(self.metadata["input_size"])
 
-  def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
-    assert images.dtype == np.uint8 and images.shape[1:] == (*self.input_size, 3)
-    b, (h, w) = len(images), self.input_size
-    means = images.reshape(b, -1).mean(axis=1)
+  def predict(self, encoded: list[bytes]) -> dict[str, np.ndarray]:
+    b, (h, w) = len(encoded), self.input_size
+    means = np.array([np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).mean()
+                      for data in encoded], np.float32)
     if self.task == "classification":
       logits = np.zeros((b, NUM_CLASSES), np.float32)
       logits[np.arange(b), 1 + (means.astype(int) % (NUM_CLASSES - 1))] = 3.0
@@ -60,13 +67,10 @@ class FakeTeacher:
               "classes": np.repeat(CLASSES[None], b, 0),
               "num_detections": np.full([b], len(BOXES), np.int32)}
     if self.task == "segmentation":
-      probs = np.full((b, h, w, NUM_CLASSES), 0.0, np.float32)
-      probs[:, :, : w // 2, 1] = 0.9
-      probs[:, :, : w // 2, 0] = 0.1
-      probs[:, :, w // 2:, 2] = 0.4
-      probs[:, :, w // 2:, 0] = 0.3
-      probs[:, :, w // 2:, 3] = 0.3
-      return {"probs": probs}
+      classes = np.full((b, h, w), 1, np.int32)
+      confidence = np.full((b, h, w), 0.9, np.float32)
+      classes[:, :, w // 2:], confidence[:, :, w // 2:] = 2, 0.4
+      return {"classes": classes, "confidence": confidence}
     ramp = np.linspace(1.0, 2.0, w, dtype=np.float32)[None, None, :]
     return {"depth": np.broadcast_to(ramp, (b, h, w)) + (means / 255.0)[:, None, None]}
 

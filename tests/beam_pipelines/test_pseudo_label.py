@@ -392,35 +392,28 @@ def test_identical_content_at_several_paths_is_one_record_with_every_path(tmp_pa
   assert sum(_summary(config)["tasks"]["classification"]["class_histogram"].values()) == len(SIZES)
 
 
-def _segmentation_outputs(seed: int, size=(16, 16), block: int = 4) -> dict:
-  """Teacher probabilities, constant over blocks of block x block teacher pixels."""
+def _segmentation_outputs(seed: int, size=(16, 16)) -> dict:
+  """A segmentation teacher's served outputs: random classes and confidences."""
   rng = np.random.default_rng(seed)
-  blocks = rng.dirichlet(np.full(fake_teachers.NUM_CLASSES, 0.3),
-                         (size[0] // block, size[1] // block)).astype(np.float32)
-  return {"probs": np.repeat(np.repeat(blocks, block, 0), block, 1)}
+  return {"classes": rng.integers(0, fake_teachers.NUM_CLASSES, size).astype(np.int32),
+          "confidence": rng.uniform(0.2, 1.0, size).astype(np.float32)}
 
 
 @pytest.mark.parametrize("image_size", [(37, 53), (64, 80), (8, 8)])
-def test_segmentation_labels_equal_the_full_resolution_recipe_inside_classes(image_size):
+def test_segmentation_labels_take_the_nearest_teacher_pixel(image_size):
   task = segmentation.Segmentation(fake_teachers.NUM_CLASSES)
   outputs = _segmentation_outputs(sum(image_size))
-  teacher_size = outputs["probs"].shape[:2]
-  full = inference.resize_outputs(outputs, teacher_size, image_size)["probs"]  # the old way
-  expected = np.argmax(full, -1).astype(np.uint8)
-  expected[full.max(-1) < 0.5] = segmentation.IGNORE_LABEL
+  teacher_size = outputs["classes"].shape
   kept = inference.resize_outputs(outputs, teacher_size, image_size,
                                   keep=task.outputs_at_teacher_size)
-  assert kept["probs"].shape[:2] == teacher_size
-  mask = task.pseudo_label(kept, image_size).mask
+  assert kept["classes"].shape == teacher_size  # never expanded before labeling
+  mask = task.pseudo_label(kept, image_size, min_confidence=0.6).mask
   assert mask.shape == image_size
-  # Where the teacher pixels a pixel interpolates lie in one block, both agree.
-  inside = np.ones(image_size, bool)
-  for axis, (n, source) in enumerate(zip(image_size, teacher_size)):
-    coordinate = np.clip((np.arange(n) + 0.5) * source / n - 0.5, 0, source - 1)
-    same = np.floor(coordinate) // 4 == np.minimum(np.floor(coordinate) + 1, source - 1) // 4
-    inside &= same[:, None] if axis == 0 else same[None, :]
-  assert inside.mean() > 0.4
-  np.testing.assert_array_equal(mask[inside], expected[inside])
+  # The teacher pixel whose area holds each image pixel's centre.
+  rows, cols = ((2 * np.arange(n) + 1) * t // (2 * n) for n, t in zip(image_size, teacher_size))
+  expected = outputs["classes"][rows][:, cols].astype(np.uint8)
+  expected[outputs["confidence"][rows][:, cols] < 0.6] = segmentation.IGNORE_LABEL
+  np.testing.assert_array_equal(mask, expected)
 
 
 def test_labeling_memory_does_not_hold_probabilities_at_image_size():

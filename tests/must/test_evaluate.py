@@ -13,12 +13,12 @@ def _oracle(world: str, task: str, corrupt: bool = False):
   """A predictor that answers from the eval split's own labels (optionally wrong)."""
   schema = schema_lib.Schema(writer.task_params())
   pattern = writer.load_metadata(world)["splits"]["eval"]["pattern"]
-  answers = {e["image"].tobytes(): e for e in evaluate._examples(pattern, schema)}
+  answers = {e["encoded"]: e for e in evaluate._examples(pattern, schema)}
 
-  def predict(images):
+  def predict(encoded):
     outputs = []
-    for image in images:
-      label = answers[image.tobytes()]
+    for data in encoded:
+      label = answers[data]
       if task == "classification":
         probs = label["classification"]["probs"]
         outputs.append({"probs": np.roll(probs, 1) if corrupt else probs})
@@ -34,7 +34,7 @@ def _oracle(world: str, task: str, corrupt: bool = False):
       elif task == "segmentation":
         mask = label["segmentation"]["mask"].astype(np.int64)
         mask = np.roll(mask, 7, axis=1) if corrupt else mask
-        outputs.append({"probs": np.eye(11, dtype=np.float32)[np.minimum(mask, 10)]})
+        outputs.append({"classes": np.minimum(mask, 10), "confidence": np.ones(mask.shape)})
       elif task == "depth":
         truth = label["depth"]["depth"]
         inverse = 3.0 / np.maximum(truth, 1e-3) + 0.5  # right up to scale and shift
@@ -68,8 +68,7 @@ def test_perfect_predictions_score_perfectly_and_wrong_ones_do_not(task, tiny_wo
 def test_segmentation_ignores_ignored_pixels():
   metric = segmentation.MeanIoU(3)
   mask = np.array([[1, 2], [255, 255]], np.uint8)
-  probs = np.eye(3, dtype=np.float32)[[[1, 2], [0, 0]]]
-  metric.update({"mask": mask}, {"probs": probs})
+  metric.update({"mask": mask}, {"classes": np.array([[1, 2], [0, 0]])})
   assert metric.result()["miou"] == 1.0
 
 
@@ -115,7 +114,8 @@ def _student_eval(tmp_path, examples, input_size: int, **detection_head) -> dict
     served = {"detection": {"boxes": boxes, "classes": classes,
                             "scores": tf.ones(tf.shape(classes)),
                             "num_detections": tf.reduce_sum(tf.cast(classes > 0, tf.int32), 1)},
-              "segmentation": {"probs": tf.one_hot(tf.cast(mask, tf.int32), 11)}}
+              "segmentation": {"classes": tf.cast(mask, tf.int32),
+                               "confidence": tf.ones(tf.shape(mask))}}
     state = task.aggregate_logs(state, {"served": served,
                                         evaluate.GROUND_TRUTH: labels[evaluate.GROUND_TRUTH]})
   return task.reduce_aggregated_logs(state)

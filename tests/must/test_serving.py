@@ -32,17 +32,19 @@ def test_teacher_json_round_trips_and_one_task_is_served_from_a_multi_task_model
     read.for_task("detection", where="m")
 
 
-def test_teacher_json_before_the_version_field_reads_as_version_one(tmp_path):
+def test_teacher_json_before_the_version_field_is_version_one_and_refused(tmp_path):
+  """Version 1 models took uint8 images at their input size: they must be re-exported."""
   (tmp_path / "teacher.json").write_text(json.dumps(
       {"task": "depth", "experiment": "depth_teacher", "version": "step9",
        "input_size": [96, 96], "num_classes": None, "class_names": None,
        "train_batch_size": 16, "train_learning_rate": 0.01, "source": "/ckpt-9"}))
-  read = serving.TeacherMetadata.read(str(tmp_path))
-  assert read.format_version == 1 and read.for_task() is read and read.version == "step9"
+  with pytest.raises(ValueError, match="format_version 1.*re-export"):
+    serving.TeacherMetadata.read(str(tmp_path))
 
 
-@pytest.mark.parametrize("extra, message", [({"format_version": 2}, "format_version 2"),
-                                            ({"input_sizes": [1, 1]}, "input_sizes")])
+@pytest.mark.parametrize("extra, message", [({"format_version": 3}, "format_version 3"),
+                                            ({"format_version": serving.FORMAT_VERSION,
+                                              "input_sizes": [1, 1]}, "input_sizes")])
 def test_teacher_json_of_another_format_fails_naming_the_file(tmp_path, extra, message):
   (tmp_path / "teacher.json").write_text(json.dumps({"task": "depth", **extra}))
   with pytest.raises(ValueError, match=message) as error:

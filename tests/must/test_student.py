@@ -19,6 +19,7 @@ import must.student  # noqa: F401  (registers the student)
 import tf_keras
 from must import cli
 from must import configs
+from must import image_codec
 from must import serving
 from must import tasks
 from must import training
@@ -153,7 +154,8 @@ def test_loss_weights_follow_the_paper_rule_and_keep_overrides(tmp_path):
   for task, batch, lr in (("classification", 64, 0.004), ("detection", 16, 0.002)):
     (tmp_path / task).mkdir()
     (tmp_path / task / "teacher.json").write_text(json.dumps(
-        {"task": task, "train_batch_size": batch, "train_learning_rate": lr}))
+        {"format_version": serving.FORMAT_VERSION, "task": task, "train_batch_size": batch,
+         "train_learning_rate": lr}))
   params = tiny_params(str(tmp_path))
   params.task.teachers = [str(tmp_path / "classification"), str(tmp_path / "detection")]
   next(head for head in params.task.model.heads
@@ -431,12 +433,15 @@ def exported_student(tiny_world, tmp_path_factory):
 
 @pytest.mark.slow
 def test_export_serves_every_task_with_the_teacher_signature(exported_student):
-  images = np.random.default_rng(0).integers(0, 255, (2, SIZE, SIZE, 3), np.uint8)
+  rng = np.random.default_rng(0)
+  images = [image_codec.encode_png(rng.integers(0, 255, size, np.uint8))
+            for size in ((SIZE, SIZE, 3), (SIZE // 2, SIZE * 2, 3))]
   served = {model.task: model.predict(images) for model in serving.load_all(exported_student)}
   assert set(served) == set(DEFAULT_TASKS)
   probs = served["classification"]["probs"]
   assert probs.shape == (2, 11) and np.allclose(probs.sum(-1), 1, atol=1e-5)
-  assert served["segmentation"]["probs"].shape == (2, SIZE, SIZE, 11)
+  assert served["segmentation"]["classes"].shape == (2, SIZE, SIZE)
+  assert served["segmentation"]["classes"].max() < 11
   assert served["depth"]["depth"].shape == (2, SIZE, SIZE)
   detections = served["detection"]
   assert detections["boxes"].shape[-1] == 4 and detections["num_detections"].shape == (2,)

@@ -11,6 +11,7 @@ import json
 import os
 
 import apache_beam as beam
+import cv2
 from apache_beam.options import pipeline_options
 from apache_beam.testing import test_pipeline
 import numpy as np
@@ -23,6 +24,7 @@ from beam_pipelines import pseudo_label
 from must import configs
 from must import image_codec
 from must import schema as schema_lib
+from must import serving
 from must import tasks
 from must import training
 from must import visualize
@@ -60,6 +62,7 @@ class EdgeMap(base.Task):
   name = NAME
   primary_metric = "f1"
   student_loss_weight_rule = "fixed"
+  served_outputs = {"edge_prob": 3}
 
   def features(self, label, image_size):
     base.check_dense_shape(self.name, label.edges, image_size)
@@ -146,7 +149,9 @@ class FakeEdgeTeacher:
   task = NAME
   input_size = (TEACHER_SIZE, TEACHER_SIZE)
 
-  def predict(self, images):
+  def predict(self, encoded):
+    images = np.stack([cv2.resize(tf.io.decode_image(data, channels=3).numpy(), self.input_size,
+                                  interpolation=cv2.INTER_AREA) for data in encoded])
     gray = images.astype(np.float32).mean(axis=-1)
     jump = np.zeros(gray.shape, np.float32)
     jump[:, :, :-1] = np.abs(gray[:, :, 1:] - gray[:, :, :-1])
@@ -193,6 +198,7 @@ def pseudo_labeled(world, tmp_path_factory):
   teacher_dir = root / "teacher"
   teacher_dir.mkdir()
   (teacher_dir / "teacher.json").write_text(json.dumps({
+      "format_version": serving.FORMAT_VERSION,
       "task": NAME, "experiment": "fake_edges", "version": "v1",
       "input_size": [TEACHER_SIZE, TEACHER_SIZE], "num_classes": None}))
   config = pseudo_label.resolve_config(

@@ -12,6 +12,7 @@ import tensorflow as tf
 import teachers
 from teachers import export
 from must import configs
+from must import image_codec
 from must import training
 from official.core import exp_factory
 from official.vision.serving import export_saved_model_lib
@@ -45,7 +46,11 @@ def exported(request, tiny_world, tmp_path_factory):
 
 
 def _images(n=3, seed=0):
-  return tf.constant(np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3)), tf.uint8)
+  """n encoded images of mixed sizes and aspect ratios."""
+  rng = np.random.default_rng(seed)
+  sizes = [(SIZE, SIZE), (SIZE // 2, SIZE * 2), (SIZE * 3 // 2, SIZE)]
+  return tf.constant([image_codec.encode_png(rng.integers(0, 256, (*sizes[i % 3], 3), np.uint8))
+                      for i in range(n)])
 
 
 def _check_outputs(task: str, outputs: dict, n: int):
@@ -62,9 +67,10 @@ def _check_outputs(task: str, outputs: dict, n: int):
     assert outputs["classes"].dtype == tf.int32 and outputs["classes"].numpy().max() < 11
     assert outputs["num_detections"].shape == (n,)
   else:
-    probs = outputs["probs"].numpy()
-    assert probs.shape == (n, SIZE, SIZE, 11)
-    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
+    classes, confidence = outputs["classes"].numpy(), outputs["confidence"].numpy()
+    assert classes.shape == confidence.shape == (n, SIZE, SIZE)
+    assert classes.min() >= 0 and classes.max() < 11
+    assert ((confidence >= 1 / 11 - 1e-4) & (confidence <= 1 + 1e-4)).all()
 
 
 @pytest.mark.slow
@@ -75,7 +81,7 @@ def test_export_reload_and_serve(exported):
   assert metadata["input_size"] == [SIZE, SIZE] and metadata["class_names"][1] == "sphere"
   assert metadata["train_batch_size"] == 4 and metadata["train_learning_rate"] > 0
   loaded = tf.saved_model.load(export_dir)
-  _check_outputs(task, loaded.signatures[export.SIGNATURE](images=_images()), 3)
+  _check_outputs(task, loaded.signatures[export.SIGNATURE](encoded=_images()), 3)
 
 
 @pytest.mark.slow
@@ -89,8 +95,8 @@ def test_model_garden_export_plugs_in_as_teacher(exported, tmp_path):
   metadata = export.adapt_model_garden_export(mg_dir, adapted_dir)
   assert metadata["task"] == task and metadata["version"] == "model_garden"
   images = _images(2, seed=1)
-  adapted = tf.saved_model.load(adapted_dir).signatures[export.SIGNATURE](images=images)
-  ours = tf.saved_model.load(ours_dir).signatures[export.SIGNATURE](images=images)
+  adapted = tf.saved_model.load(adapted_dir).signatures[export.SIGNATURE](encoded=images)
+  ours = tf.saved_model.load(ours_dir).signatures[export.SIGNATURE](encoded=images)
   _check_outputs(task, adapted, 2)
   for key in ours:
     np.testing.assert_allclose(adapted[key].numpy(), ours[key].numpy(), atol=1e-4, err_msg=key)
