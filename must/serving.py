@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from must import image_codec
 from must import tasks as tasks_lib
 from official.vision.ops import preprocess_ops
 
@@ -136,9 +137,9 @@ def fit_image(encoded: tf.Tensor, input_size, size_policy: str
               ) -> tuple[tf.Tensor, tf.Tensor]:
   """One encoded image -> (uint8 [h, w, 3] at the input size, image_info [4, 2]).
 
-  image_info is Model Garden's: rows (original size, scaled size, scale,
-  offset), in (y, x). The scaled image covers the top-left `scaled size` of the
-  output; the rest is zero padding.
+  image_info is Model Garden's: rows (original size, input size, scale,
+  offset), in (y, x). The image covers the top-left original size * scale of
+  the output; the rest is zero padding.
   """
   image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
   image.set_shape([None, None, 3])
@@ -202,6 +203,61 @@ def check_signature(signature, task, where: str) -> None:
     if outputs[key].shape.rank not in (None, rank):
       raise ValueError(f"{where} output {key!r} has rank {outputs[key].shape.rank}, "
                        f"the {task.name} contract rank {rank}")
+
+
+def probe_images() -> list[bytes]:
+  """Two encoded images of different sizes and aspect ratios."""
+  rng = np.random.default_rng(0)
+  return [image_codec.encode_png(rng.integers(0, 256, shape, dtype=np.uint8))
+          for shape in ((37, 53, 3), (64, 29, 3))]
+
+
+def check_outputs(task, outputs, batch: int, where: str) -> None:
+  """Raises a ValueError naming how served `outputs` (NumPy, for `batch` images)
+  break `task`'s contract: keys, ranks, batch, `Task.check_served`."""
+  for key, rank in task.served_outputs.items():
+    if key not in outputs:
+      raise ValueError(f"{where} serves {sorted(outputs)}, not {task.name}'s {key!r}")
+    shape = np.shape(outputs[key])
+    if len(shape) != rank or shape[0] != batch:
+      raise ValueError(f"{where} output {key!r} has shape {shape} for {batch} images; "
+                       f"the {task.name} contract is rank {rank}, batch first")
+  why = task.check_served(outputs)
+  if why:
+    raise ValueError(f"{where}: {why}")
+
+
+def probe(serve, task, where: str) -> None:
+  """Runs `serve` (encoded string [B] -> outputs) on `probe_images` and checks them."""
+  images = probe_images()
+  outputs = serve(tf.constant(images))
+  check_outputs(task, {key: value.numpy() for key, value in outputs.items()}, len(images), where)
+
+
+class TeacherModule(tf.Module):
+  """A model behind the teacher contract's signature (`must.serving`).
+
+  Args:
+    task: the `must.tasks` task it serves.
+    model_fn: uint8 [B, h, w, 3] at `input_size` -> outputs in the model's frame.
+    input_size: (h, w).
+    size_policy: how images are fitted to it.
+    trackable: what holds the model's variables (saved with the module).
+  """
+
+  def __init__(self, task, model_fn, input_size, size_policy: str, trackable):
+    super().__init__()
+    self.inner = trackable
+    self._task = task
+    self.serve = tf.function(
+        image_frame_serving(task, model_fn, input_size, size_policy),
+        input_signature=[signature_spec()])
+
+  def save(self, export_dir: str, where: str = "the teacher") -> None:
+    """Saves it once its outputs on `probe_images` fit the task (errors name
+    `where`)."""
+    probe(self.serve, self._task, where)
+    tf.saved_model.save(self, export_dir, signatures={SIGNATURE: self.serve})
 
 
 @dataclasses.dataclass

@@ -7,8 +7,9 @@ A teacher module defines:
 and how it serves: either `model_garden_module(params, model, input_size)` (a
 Model Garden export module) plus `outputs_from_model_garden(outputs, images,
 params)`, or `serve(model, images, params)` for a task Model Garden lacks.
-Every teacher serves one uniform signature: uint8 RGB images in, that task's
-raw outputs out.
+Every teacher is exported behind the teacher contract (`must.serving`): encoded
+images of any size in, that task's outputs in each image's frame out. Models of
+other origins plug in through an adapter config (`teachers.adapter`).
 """
 import must  # noqa: F401  (legacy Keras switch before Model Garden loads)
 from official.vision import registry_imports  # noqa: F401  (Model Garden's stock tasks)

@@ -23,6 +23,11 @@ SavedModel, `teacher.json` says what it is: task, class names, input size and
 size policy, the training batch size and learning rate (the student's loss
 weights use them), version and experiment.
 
+A Keras model or any SavedModel becomes a teacher through an adapter config
+(`teachers.adapter`: input dtype, range and size policy, output mapping):
+
+  python -m teachers.export --adapter_config my_model.yaml --export_dir out/teachers/mine
+
 A SavedModel exported by Model Garden's own tool (`export_saved_model`, input
 type `image_tensor`) for a stock classification, RetinaNet or segmentation
 model becomes a teacher through `adapt_model_garden_export`: it wraps the
@@ -40,31 +45,10 @@ from must import cli
 from must import configs
 from must import serving
 import teachers
+from teachers import adapter
 from official.core import task_factory
 
 SIGNATURE = serving.SIGNATURE
-
-
-class TeacherModule(tf.Module):
-  """A model behind the teacher contract's signature (`must.serving`).
-
-  Args:
-    task: the `must.tasks` task it serves.
-    model_fn: uint8 [B, h, w, 3] at `input_size` -> outputs in the model's frame.
-    input_size: (h, w).
-    size_policy: how images are fitted to it.
-    trackable: what holds the model's variables (saved with the module).
-  """
-
-  def __init__(self, task, model_fn, input_size, size_policy: str, trackable):
-    super().__init__()
-    self.inner = trackable
-    self.serve = tf.function(
-        serving.image_frame_serving(task, model_fn, input_size, size_policy),
-        input_signature=[serving.signature_spec()])
-
-  def save(self, export_dir: str) -> None:
-    tf.saved_model.save(self, export_dir, signatures={SIGNATURE: self.serve})
 
 
 def _serve_fn(teacher, params, model, input_size):
@@ -130,7 +114,7 @@ def export_teacher(model_dir: str, export_dir: str, *, checkpoint_path: str | No
   serving.restore(checkpoint, model=model)
   input_size = list(params.task.model.input_size[:2])
   served, size_policy = _served_task(teacher, params, size_policy)
-  TeacherModule(served, _serve_fn(teacher, params, model, input_size), input_size, size_policy,
+  serving.TeacherModule(served, _serve_fn(teacher, params, model, input_size), input_size, size_policy,
                 model).save(export_dir)
   step = checkpoint.rsplit("-", 1)[-1]
   return _write_metadata(export_dir, teacher, params, version or f"step{step}",
@@ -159,7 +143,7 @@ def adapt_model_garden_export(model_garden_export_dir: str, export_dir: str, *,
     return teacher.outputs_from_model_garden(outputs, images, params)
 
   served, size_policy = _served_task(teacher, params, size_policy)
-  TeacherModule(served, serve, input_size, size_policy, loaded).save(export_dir)
+  serving.TeacherModule(served, serve, input_size, size_policy, loaded).save(export_dir)
   return _write_metadata(export_dir, teacher, params, version,
                          _class_names(world_dir, getattr(params.task.model, "num_classes", None)),
                          source=os.path.abspath(model_garden_export_dir),
@@ -169,6 +153,9 @@ def adapt_model_garden_export(model_garden_export_dir: str, export_dir: str, *,
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A trained teacher's model dir.")
 _MG_EXPORT_DIR = flags.DEFINE_string(
     "model_garden_export_dir", None, "A Model Garden export to adapt instead.")
+_ADAPTER_CONFIG = flags.DEFINE_string(
+    "adapter_config", None, "Or wrap a Keras model or SavedModel by this adapter config "
+    "(YAML, `teachers.adapter`).")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Where to write the teacher.",
                                   required=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint_path", None, "Default: latest in --model_dir.")
@@ -180,9 +167,13 @@ _SIZE_POLICY = flags.DEFINE_enum("size_policy", None, serving.SIZE_POLICIES,
 
 def main(argv):
   del argv
-  if bool(_MODEL_DIR.value) == bool(_MG_EXPORT_DIR.value):
-    raise app.UsageError("give exactly one of --model_dir and --model_garden_export_dir")
-  if _MODEL_DIR.value:
+  sources = [_MODEL_DIR.value, _MG_EXPORT_DIR.value, _ADAPTER_CONFIG.value]
+  if sum(map(bool, sources)) != 1:
+    raise app.UsageError("give exactly one of --model_dir, --model_garden_export_dir "
+                         "and --adapter_config")
+  if _ADAPTER_CONFIG.value:
+    metadata = adapter.export_adapted(_ADAPTER_CONFIG.value, _EXPORT_DIR.value)
+  elif _MODEL_DIR.value:
     metadata = export_teacher(_MODEL_DIR.value, _EXPORT_DIR.value,
                               checkpoint_path=_CHECKPOINT.value, version=_VERSION.value,
                               world_dir=_WORLD_DIR.value, size_policy=_SIZE_POLICY.value)

@@ -145,13 +145,14 @@ def resolve_loss_weights(params: cfg.ExperimentConfig) -> dict[str, float]:
     if head.loss_weight is None:
       rule = tasks.get(head.task).student_loss_weight_rule
       teacher = metadata.get(head.task)
-      if rule == "teacher" and teacher:
+      if (rule == "teacher" and teacher and teacher.train_batch_size
+          and teacher.train_learning_rate):
         head.loss_weight = float(student_batch * teacher.train_learning_rate /
                                  (teacher.train_batch_size * student_lr))
       else:
         if rule == "teacher":
-          logging.warning("no teacher metadata for %s in task.teachers: loss weight 1",
-                          head.task)
+          logging.warning("no teacher metadata for %s in task.teachers, or no training "
+                          "batch size and learning rate in it: loss weight 1", head.task)
         head.loss_weight = 1.0
     weights[head.task] = head.loss_weight
   return weights

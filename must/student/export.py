@@ -75,6 +75,8 @@ def export_student(model_dir: str, export_dir: str, *, checkpoint_path: str | No
   model = task.build_model()
   serving.restore(checkpoint, model=model)
   module = StudentModule(task, model)
+  for name, serve in module.serve_fns.items():
+    serving.probe(serve, task.schema.tasks[name], f"the student's {name} signature")
   tf.saved_model.save(module, export_dir, signatures=module.serve_fns)
   tf.train.Checkpoint(backbone=model.backbone).save(
       os.path.join(export_dir, BACKBONE_DIR, "ckpt"))

@@ -164,8 +164,9 @@ class Task(abc.ABC):
 
     Args:
       outputs: the model's outputs for the fitted images.
-      image_info: float [B, 4, 2], Model Garden's (original size, scaled size,
-        scale, offset) per image (`must.serving.fit_image`).
+      image_info: float [B, 4, 2], Model Garden's (original size, input size,
+        scale, offset) per image (`must.serving.fit_image`): the image covers
+        the input's top-left original size * scale.
       input_size: (h, w) of the model's input.
     """
     return {key: crop_to_image(value, image_info, input_size)
@@ -336,7 +337,8 @@ def crop_to_image(dense: tf.Tensor, image_info: tf.Tensor, input_size: Sequence[
   """[B, h, w(, C)] over the fitted input -> the same shape over each image alone."""
   size = tf.shape(dense)[1:3]
   cells = tf.cast(size, tf.float32)
-  covered = image_info[:, 1, :] / tf.constant(list(input_size[:2]), tf.float32) * cells
+  scaled = image_info[:, 0, :] * image_info[:, 2, :]  # the image's extent in the input
+  covered = scaled / tf.constant(list(input_size[:2]), tf.float32) * cells
   boxes = tf.concat([tf.zeros_like(covered), (covered - 1) / tf.maximum(cells - 1, 1)], -1)
   values = dense if dense.shape.rank == 4 else dense[..., None]
   method = "bilinear" if dense.dtype.is_floating else "nearest"
