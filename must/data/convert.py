@@ -3,7 +3,7 @@
   python -m must.data.convert --format=coco --output_dir=out/coco \
       --splits=train,eval \
       --inputs=annotations/instances_train2017.json,annotations/instances_val2017.json \
-      --images=train2017,val2017 [--segmentation=instances]
+      --images=train2017,val2017 [--segmentation_from=instances]
   python -m must.data.convert --format=folder --output_dir=out/imagenet \
       --splits=train,eval --inputs=imagenet/train,imagenet/val
   python -m must.data.convert --format=rgbd --output_dir=out/rgbd \
@@ -30,7 +30,7 @@ _INPUTS = flags.DEFINE_list(
     "(folder), or the root holding the RGB and depth folders (rgbd).", required=True)
 _IMAGES = flags.DEFINE_list("images", [], "coco: per split, the image dir.")
 _SEGMENTATION = flags.DEFINE_enum(
-    "segmentation", "none", ["none", converters.INSTANCES, converters.PANOPTIC],
+    "segmentation_from", "none", ["none", converters.INSTANCES, converters.PANOPTIC],
     "coco: also label segmentation, from the instance masks or from panoptic PNGs.")
 _PANOPTIC_JSON = flags.DEFINE_list("panoptic_json", [], "coco: per split, the panoptic JSON.")
 _PANOPTIC_DIR = flags.DEFINE_list("panoptic_dir", [], "coco: per split, the panoptic PNG dir.")

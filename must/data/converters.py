@@ -83,6 +83,8 @@ NO_VALID_DEPTH = "no_valid_depth"
 BOX_OUTSIDE_IMAGE = "box_empty_or_outside_image"
 UNKNOWN_CATEGORY = "unknown_category"
 MALFORMED_ANNOTATION = "malformed_annotation"
+# Why an instance mask is left out of the segmentation (its box is kept).
+NO_MASK = "no_mask"
 MASK_SIZE_MISMATCH = "mask_size_mismatch"
 
 
@@ -104,6 +106,7 @@ class Example:
   source_id: str | None = None
   annotations: int = 0  # annotations read for this image
   annotation_skips: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+  mask_skips: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -291,16 +294,16 @@ class CocoConverter:
         classes=np.array([self.class_of[a["category_id"]] for a in annotations], np.int64),
         areas=np.array([float(a["area"]) for a in annotations], np.float32),
         is_crowd=np.array([int(a["iscrowd"]) for a in annotations], np.int64))}
+    mask_skips = []
     if self.segmentation_source == INSTANCES:
       mask, mask_skips = self._instance_mask(image, annotations, path)
-      skips += mask_skips
       labels[segmentation.Segmentation.name] = segmentation.SegmentationLabel(mask)
     elif self.segmentation_source == PANOPTIC:
       mask, mask_skips = self._panoptic_mask(item, path, height, width)
-      skips += mask_skips
       labels[segmentation.Segmentation.name] = segmentation.SegmentationLabel(mask)
     return Example(rgb, encoded, image_format, labels, source_id=str(image["id"]),
-                   annotations=len(item.annotations), annotation_skips=skips)
+                   annotations=len(item.annotations), annotation_skips=skips,
+                   mask_skips=mask_skips)
 
   def _boxes(self, item: CocoItem, path: str, height: int, width: int):
     """[(yxyx normalized, annotation)] of the valid boxes, [(reason, detail)] of the rest.
@@ -339,13 +342,11 @@ class CocoConverter:
     mask = np.zeros([image["height"], image["width"]], np.uint8)
     skips = []
     for annotation in sorted(annotations, key=lambda a: -float(a["area"])):
-      if not annotation.get("segmentation"):
-        continue
-      try:
+      try:  # a box-only annotation (no or an empty polygon list) fails here
         instance = index.annToMask(annotation)
       except (KeyError, TypeError, ValueError, IndexError) as e:
-        skips.append((MALFORMED_ANNOTATION, f"annotation {annotation.get('id')} of image "
-                      f"{image['id']} ({path}): segmentation: {type(e).__name__}: {e}"))
+        skips.append((NO_MASK, f"annotation {annotation.get('id')} of image "
+                      f"{image['id']} ({path}): no usable mask ({type(e).__name__}: {e})"))
         continue
       if instance.shape != mask.shape:
         skips.append((MASK_SIZE_MISMATCH, f"annotation {annotation.get('id')} of image "
@@ -525,7 +526,9 @@ def _new_counts() -> dict:
   return {"images": 0, "examples": 0, "skipped": collections.Counter(),
           "skipped_files": collections.defaultdict(list), "annotations": 0, "boxes": 0,
           "annotations_skipped": collections.Counter(),
-          "skipped_annotations": collections.defaultdict(list)}
+          "skipped_annotations": collections.defaultdict(list),
+          "masks_skipped": collections.Counter(),
+          "skipped_masks": collections.defaultdict(list)}
 
 
 def _note(listing: dict, reason: str, text: str) -> None:
@@ -554,6 +557,9 @@ def _write_shard(converter, task_params: dict, staging: str, job: _Job) -> tuple
       for reason, detail in example.annotation_skips:
         counts["annotations_skipped"][reason] += 1
         _note(counts["skipped_annotations"], reason, detail)
+      for reason, detail in example.mask_skips:
+        counts["masks_skipped"][reason] += 1
+        _note(counts["skipped_masks"], reason, detail)
       record = schema.encode(example.image, example.labels, encoded=example.encoded,
                              image_format=example.image_format, source_id=example.source_id)
       records.write(record.SerializeToString(deterministic=True))
@@ -581,7 +587,10 @@ def _split_summary(counts: dict, notes: dict, with_annotations: bool) -> dict:
     summary["annotations"] = {
         "in": counts["annotations"], "boxes": counts["boxes"],
         "skipped": dict(sorted(counts["annotations_skipped"].items())),
-        "skipped_examples": dict(sorted(counts["skipped_annotations"].items()))}
+        "skipped_examples": dict(sorted(counts["skipped_annotations"].items())),
+        # Masks left out of the segmentation; their boxes are kept.
+        "masks_skipped": dict(sorted(counts["masks_skipped"].items())),
+        "masks_skipped_examples": dict(sorted(counts["skipped_masks"].items()))}
   return summary
 
 
