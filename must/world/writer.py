@@ -256,16 +256,27 @@ def write_world(config: WorldConfig, output_dir: str, progress=print) -> dict:
       "seconds": round(seconds, 3),
       "scenes_per_second": round(total / max(seconds, 1e-9), 1),
   }
-  with tf.io.gfile.GFile(os.path.join(output_dir, "world.json"), "w") as f:
-    json.dump(metadata, f, indent=2)
+  write_metadata(output_dir, metadata)
   return metadata
+
+
+METADATA_FILE = "world.json"
+
+
+def write_metadata(output_dir: str, metadata: dict) -> None:
+  """Writes `world.json`, what every `--world_dir` binary reads: `categories`,
+  `num_classes`, `task_params`, `splits` ({name: {pattern, count, tasks}}).
+  The world and converted data sets (`must.data.convert`) both write it here."""
+  with tf.io.gfile.GFile(os.path.join(output_dir, METADATA_FILE), "w") as f:
+    json.dump(metadata, f, indent=2)
 
 
 def load_metadata(world_dir: str) -> dict:
   """Reads `world.json` of a written world (any tf.io.gfile path), naming it when missing."""
-  path = os.path.join(world_dir, "world.json")
+  path = os.path.join(world_dir, METADATA_FILE)
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"{path} does not exist: write the world first "
-                            "(python -m must.world.generate --output_dir ...)")
+                            "(python -m must.world.generate --output_dir ...) or convert "
+                            "a data set (python -m must.data.convert --output_dir ...)")
   with tf.io.gfile.GFile(path) as f:
     return json.load(f)
