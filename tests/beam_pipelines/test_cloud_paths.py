@@ -43,8 +43,10 @@ def no_credentials(tmp_path, monkeypatch):
                                            inspect_labels.InspectOptions])
 def test_the_pipelines_options_take_gs_paths(options_class):
   argv = [f"--input_pattern={BUCKET}/corpus/*/*", f"--output_dir={BUCKET}/out",
-          f"--temp_location={BUCKET}/tmp", "--runner=DataflowRunner",
-          "--setup_file=./setup.py", "--sdk_container_image=gcr.io/p/must:1"]
+          f"--temp_location={BUCKET}/tmp", "--runner=DataflowRunner", "--project=p",
+          "--region=r", "--setup_file=./setup.py", "--sdk_container_image=r-docker.pkg.dev/p/r/m:1",
+          "--sdk_location=container", "--machine_type=n1-standard-8", "--dataflow_service_options="
+          "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"]
   options = common.make_options(options_class, argv)
   view = options.view_as(common.DataOptions)
   assert (view.input_pattern, view.output_dir) == (f"{BUCKET}/corpus/*/*", f"{BUCKET}/out")
