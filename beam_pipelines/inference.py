@@ -46,6 +46,11 @@ class LoadedTeachers(dict):
   """Task -> loaded teacher; a dict subclass so Beam's shared cache can hold a
   weak reference to it (plain dicts cannot be weakly referenced)."""
 
+  def predict(self, task: str, encoded: list[bytes]) -> dict[str, np.ndarray]:
+    """One teacher's outputs: a method, so that it also runs through the proxy
+    Beam hands out for a model shared across processes (`large_model`)."""
+    return self[task].predict(encoded)
+
 
 def _resize_dense(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   array = np.asarray(array, np.float32)
@@ -92,19 +97,28 @@ class TeachersModelHandler(inference_base.ModelHandler):
       defaults to the largest: teachers always run full, padded batches, so
       the small batches Beam's adaptive batching starts with would cost as
       much as full ones.
+    large_model: load the teachers once per worker machine, shared by its
+      processes (Beam's `share_model_across_processes`), rather than once per
+      process: for teachers that fit a GPU or the memory once, not N times.
+    model_copies: with it, load exactly this many shared copies per machine
+      (e.g. one per GPU); implies `large_model`.
   """
 
   def __init__(self, specs: Sequence[TeacherSpec],
                loader: Callable[[str, str], Teacher] = serving.load, *,
-               max_batch_size: int | None = None, min_batch_size: int | None = None):
+               max_batch_size: int | None = None, min_batch_size: int | None = None,
+               large_model: bool = False, model_copies: int | None = None):
     tasks = [spec.task for spec in specs]
     if not specs or len(set(tasks)) != len(tasks):
       raise ValueError(f"give one teacher per task, at least one; got {tasks}")
     self.specs = tuple(specs)
     self.loader = loader
     max_batch_size = max_batch_size or max(s.batch_size for s in specs)
+    if model_copies is not None and model_copies < 1:
+      raise ValueError(f"model_copies must be >= 1, got {model_copies}")
     super().__init__(min_batch_size=min_batch_size or max_batch_size,
-                     max_batch_size=max_batch_size)
+                     max_batch_size=max_batch_size, large_model=large_model,
+                     model_copies=model_copies)
 
   def load_model(self) -> LoadedTeachers:
     teachers = LoadedTeachers()
@@ -115,20 +129,20 @@ class TeachersModelHandler(inference_base.ModelHandler):
       teachers[spec.task] = teacher
     return teachers
 
-  def run_inference(self, batch: Sequence[Any], model: dict[str, Teacher],
+  def run_inference(self, batch: Sequence[Any], model: LoadedTeachers,
                     inference_args: dict[str, Any] | None = None
                     ) -> Iterable[tuple[Any, dict[str, dict[str, np.ndarray]]]]:
     del inference_args
     per_element = [{} for _ in batch]
     for spec in self.specs:
-      teacher = model[spec.task]
       for start in range(0, len(batch), spec.batch_size):
         chunk = batch[start:start + spec.batch_size]
         # Always the full batch (the last image repeated): TensorFlow's CPU
         # kernels may round differently for other batch sizes, and records
         # must not depend on how Beam batched.
         encoded = [element.encoded for element in chunk]
-        outputs = teacher.predict(encoded + encoded[-1:] * (spec.batch_size - len(chunk)))
+        outputs = model.predict(spec.task,
+                                encoded + encoded[-1:] * (spec.batch_size - len(chunk)))
         for i in range(len(chunk)):
           per_element[start + i][spec.task] = {k: np.asarray(v[i]) for k, v in outputs.items()}
     return list(zip(batch, per_element))

@@ -110,6 +110,12 @@ class PseudoLabelOptions(common.DataOptions, pipeline_options.PipelineOptions):
     parser.add_argument("--inference_mode", default=FUSED, choices=(FUSED, PER_TEACHER),
                         help="One handler running every teacher per batch, or one "
                         "RunInference per teacher joined by image id.")
+    parser.add_argument("--large_model", action="store_true",
+                        help="Load the teachers once per worker machine, shared by its "
+                        "processes, not once per process (GPU workers, big teachers).")
+    parser.add_argument("--model_copies", type=int, default=None,
+                        help="Shared copies of the teachers per worker machine (e.g. one "
+                        "per GPU); implies --large_model.")
 
 
 # -- Config ---------------------------------------------------------------------
@@ -258,8 +264,9 @@ def _count(element, name: str):
   return element
 
 
-def _handler(specs, loader):
-  return inference.TeachersModelHandler(specs, **({"loader": loader} if loader else {}))
+def _handler(specs, loader, sharing):
+  return inference.TeachersModelHandler(specs, **({"loader": loader} if loader else {}),
+                                        **sharing)
 
 
 def _merge_by_id(item) -> Iterator[tuple[Any, dict]]:
@@ -281,16 +288,20 @@ class RunTeachers(beam.PTransform):
     loader: path -> teacher (default `must.serving.load`).
     mode: FUSED (one RunInference, every teacher per batch) or PER_TEACHER
       (one RunInference per teacher, joined by image id with CoGroupByKey).
+    large_model, model_copies: how workers share the teachers
+      (`inference.TeachersModelHandler`).
   """
 
-  def __init__(self, specs: Sequence[inference.TeacherSpec], loader=None, mode: str = FUSED):
+  def __init__(self, specs: Sequence[inference.TeacherSpec], loader=None, mode: str = FUSED,
+               large_model: bool = False, model_copies: int | None = None):
     super().__init__()
     self.specs, self.loader, self.mode = list(specs), loader, mode
+    self.sharing = {"large_model": large_model, "model_copies": model_copies}
 
   def expand(self, decoded):
     if self.mode == FUSED:
       return decoded | "RunInference" >> inference_base.RunInference(
-          _handler(self.specs, self.loader))
+          _handler(self.specs, self.loader, self.sharing))
     if self.mode != PER_TEACHER:
       raise ValueError(f"unknown inference mode {self.mode!r}; valid: {(FUSED, PER_TEACHER)}")
     branches = {"element": decoded | "KeyById" >> beam.Map(lambda e: (e.id, e))}
@@ -298,7 +309,7 @@ class RunTeachers(beam.PTransform):
       branches[spec.task] = (
           decoded
           | f"RunInference[{spec.task}]" >> inference_base.RunInference(
-              _handler([spec], self.loader))
+              _handler([spec], self.loader, self.sharing))
           | f"KeyOutputs[{spec.task}]" >> beam.Map(lambda r: (r[0].id, r[1])))
     return (branches
             | "JoinById" >> beam.CoGroupByKey()
@@ -491,7 +502,8 @@ class PseudoLabel(beam.PTransform):
     specs = [inference.TeacherSpec(t["task"], t["path"], t["batch_size"])
              for t in self.config["teachers"]]
     inferred = read["decoded"] | "RunTeachers" >> RunTeachers(
-        specs, self.loader, options["inference_mode"])
+        specs, self.loader, options["inference_mode"], options.get("large_model", False),
+        options.get("model_copies"))
     made = inferred | "MakeExamples" >> beam.ParDo(MakeExamplesFn(self.config)).with_outputs(
         decode.DEAD_LETTERS, main="records")
     kept = made.records | "OnePerImage" >> OnePerImage()
@@ -523,11 +535,14 @@ def run_config(options: PseudoLabelOptions) -> dict:
   """The resolved config of a run: the teachers config plus the run's options."""
   view = options.view_as(PseudoLabelOptions)
   common.require(view, ("input_pattern", "teachers_config", "output_dir"))
+  if view.model_copies is not None and view.model_copies < 1:
+    raise ValueError(f"--model_copies must be >= 1, got {view.model_copies}")
   config = load_config(view.teachers_config)
   config["options"] = {
       "input_pattern": view.input_pattern, "input_format": view.input_format,
       "output_dir": view.output_dir, "num_shards": view.num_shards,
       "max_pixels": view.max_pixels, "inference_mode": view.inference_mode,
+      "large_model": view.large_model, "model_copies": view.model_copies,
       "max_failure_fraction": view.max_failure_fraction,
       "teachers_config": view.teachers_config,
       "runner": options.view_as(pipeline_options.StandardOptions).runner,

@@ -9,6 +9,7 @@ the binaries they run by module name (`python -m must.train`; `data` may carry t
 import ast
 import dataclasses
 import fnmatch
+import functools
 import importlib.metadata
 import os
 import pathlib
@@ -88,6 +89,28 @@ def _reachable(label: str, targets: dict[str, Target]) -> set[str]:
   return seen
 
 
+@functools.cache
+def _namespace_members() -> dict[str, list[str]]:
+  """'top.sub' -> its distributions, for the top-level names several distributions share
+  (namespace packages such as `google`: google-auth's `google.auth`, protobuf's `google.protobuf`)."""
+  shared = {top for top, dists in DISTRIBUTIONS.items() if len(set(dists)) > 1}
+  members = {}
+  for dist in importlib.metadata.distributions():
+    for file in dist.files or ():
+      parts = file.parts
+      if len(parts) > 2 and parts[0] in shared:
+        members.setdefault(f"{parts[0]}.{parts[1]}", set()).add(dist.metadata["Name"])
+  return {name: sorted(dists) for name, dists in members.items()}
+
+
+def _distributions(module: str) -> list[str]:
+  """The distributions an imported module comes from: those of its top-level name, or of its
+  first two levels where several distributions share the top-level name."""
+  parts = module.split(".")
+  narrowed = _namespace_members().get(".".join(parts[:2])) if len(parts) > 1 else None
+  return narrowed or DISTRIBUTIONS.get(parts[0], [parts[0]])
+
+
 def _names(source: str) -> tuple[set[str], set[str]]:
   """The modules a file imports, and the strings it holds (`-m` arguments among them)."""
   imported, strings = set(), set()
@@ -134,9 +157,9 @@ def problems(root: pathlib.Path) -> list[str]:
       found.append(f"{label} misses the dep {dep}")
     for dep in sorted(target.deps - used - ran):
       found.append(f"{label} has the unused dep {dep}")
-    tops = {module.split(".")[0] for module in imported if _owner(module, owners) is None}
-    third_party = {_normalize(dist) for top in tops - sys.stdlib_module_names
-                   for dist in DISTRIBUTIONS.get(top, [top])}
+    outside = {module for module in imported if _owner(module, owners) is None
+               and module.split(".")[0] not in sys.stdlib_module_names}
+    third_party = {_normalize(dist) for module in outside for dist in _distributions(module)}
     for dist in sorted(third_party - target.requirements):
       found.append(f"{label} misses requirement(\"{dist}\")")
     for dist in sorted(target.requirements - third_party - RUNTIME_ONLY):
