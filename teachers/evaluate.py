@@ -9,6 +9,7 @@ import json
 import os
 
 from absl import flags
+import tensorflow as tf
 
 from must import cli
 from must import evaluate
@@ -32,7 +33,7 @@ def evaluate_teachers(teacher_dirs: list[str], world_dir: str, split: str = "eva
     models = serving.load_all(path)
     metrics = evaluate.evaluate({model.task: model.predict for model in models},
                                 world["splits"][split]["pattern"], world["task_params"])
-    with open(os.path.join(path, "eval_metrics.json"), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(path, "eval_metrics.json"), "w") as f:
       json.dump({"split": split, "metrics": metrics}, f, indent=2)
     for model in models:
       results[f"{model.task} ({model.name})"] = metrics[model.task]
