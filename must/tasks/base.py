@@ -336,13 +336,18 @@ def crop_to_image(dense: tf.Tensor, image_info: tf.Tensor, input_size: Sequence[
                   ) -> tf.Tensor:
   """[B, h, w(, C)] over the fitted input -> the same shape over each image alone."""
   size = tf.shape(dense)[1:3]
-  cells = tf.cast(size, tf.float32)
   scaled = image_info[:, 0, :] * image_info[:, 2, :]  # the image's extent in the input
-  covered = scaled / tf.constant(list(input_size[:2]), tf.float32) * cells
-  boxes = tf.concat([tf.zeros_like(covered), (covered - 1) / tf.maximum(cells - 1, 1)], -1)
+  covered = scaled / tf.constant(list(input_size[:2]), tf.float32) * tf.cast(size, tf.float32)
+  extents = tf.clip_by_value(tf.cast(tf.math.ceil(covered - 1e-3), tf.int32), 1, size)
   values = dense if dense.shape.rank == 4 else dense[..., None]
   method = "bilinear" if dense.dtype.is_floating else "nearest"
-  cropped = tf.image.crop_and_resize(tf.cast(values, tf.float32), boxes,
-                                     tf.range(tf.shape(dense)[0]), size, method=method)
+
+  def resize(args):
+    value, extent = args
+    return tf.image.resize(tf.cast(value[:extent[0], :extent[1]], tf.float32), size,
+                           method=method)
+  cropped = tf.map_fn(resize, (values, extents),
+                      fn_output_signature=tf.TensorSpec([None, None, values.shape[-1]],
+                                                        tf.float32))
   cropped = cropped if dense.shape.rank == 4 else cropped[..., 0]
   return tf.cast(tf.round(cropped) if not dense.dtype.is_floating else cropped, dense.dtype)
