@@ -85,11 +85,14 @@ def make_images(world_dir: str, work_dir: str) -> str:
 # -- One model (child process) ----------------------------------------------------
 
 
-def _train_params(name: str, world: dict, batch_size: int, steps: int, teacher_exports: list):
-  """The model's config as its training binary would load it, sized for this run."""
+def _train_params(name: str, world: dict, batch_size: int, steps: int, teacher_exports: list,
+                  pre_nms_score_threshold: float | None = None):
+  """The model's config as its training binary would load it, sized for this run
+  (a teacher's box decoding keeping boxes from `pre_nms_score_threshold` on)."""
   from must import training  # pylint: disable=g-import-not-at-top
   from must.student import config as student_config  # pylint: disable=g-import-not-at-top
   import teachers  # pylint: disable=g-import-not-at-top
+  from official.core import exp_factory  # pylint: disable=g-import-not-at-top
   eval_pattern = world["splits"]["eval"]["pattern"]
   data = {"global_batch_size": batch_size}
   trainer = {"train_steps": steps, "steps_per_loop": 1, "summary_interval": 1,
@@ -104,6 +107,10 @@ def _train_params(name: str, world: dict, batch_size: int, steps: int, teacher_e
         "*", name)
     task = {"train_data": {**data, "input_path": world["splits"][name]["pattern"]},
             "validation_data": {**data, "input_path": eval_pattern}}
+    if pre_nms_score_threshold is not None and hasattr(
+        exp_factory.get_exp_config(experiments[0]).task.model, "detection_generator"):
+      task["model"] = {"detection_generator": {
+          "pre_nms_score_threshold": pre_nms_score_threshold}}
     resolve = None
   flags = argparse.Namespace(experiment=experiments[0], config_file=[config_file],
                              params_override={"task": task, "trainer": trainer},
@@ -164,7 +171,8 @@ def check_labels(output_dir: str, task_params: dict, image_sizes) -> list[str]:
   return lines
 
 
-def run_child(name: str, work_dir: str, batch_size: int, steps: int) -> dict:
+def run_child(name: str, work_dir: str, batch_size: int, steps: int,
+              pre_nms_score_threshold: float | None) -> dict:
   """Trains, exports and labels with one model in this process; returns its numbers."""
   import resource  # pylint: disable=g-import-not-at-top
   import yaml  # pylint: disable=g-import-not-at-top
@@ -186,7 +194,7 @@ def run_child(name: str, work_dir: str, batch_size: int, steps: int) -> dict:
   exports = sorted(os.path.dirname(p) for p in glob.glob(
       os.path.join(work_dir, "models", "*", "export", serving.METADATA_FILE))
       if not p.startswith(model_dir + os.sep))
-  params = _train_params(name, world, batch_size, steps, exports)
+  params = _train_params(name, world, batch_size, steps, exports, pre_nms_score_threshold)
   model, _ = training.run(params, model_dir, "train")
   result = {"params_m": sum(v.shape.num_elements() for v in model.variables) / 1e6,
             "step_seconds": _step_seconds(model_dir),
@@ -239,7 +247,9 @@ def run_model(name: str, args) -> dict:
     process = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.full_size", "--child", name,
          f"--work_dir={args.work_dir}", f"--batch_size={args.batch_size}",
-         f"--steps={args.steps}"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+         f"--steps={args.steps}",
+         f"--pre_nms_score_threshold={args.pre_nms_score_threshold}"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     start = time.perf_counter()
     _, status, usage = os.wait4(process.pid, 0)
   result = {"name": name, "wall_seconds": time.perf_counter() - start,
@@ -273,11 +283,16 @@ def main() -> None:
                       help="Comma-separated: teachers by task, and 'student'.")
   parser.add_argument("--batch_size", type=int, default=2)
   parser.add_argument("--steps", type=int, default=2)
+  parser.add_argument("--pre_nms_score_threshold", type=float, default=0.0,
+                      help="A detection teacher's box decoding keeps boxes from this score "
+                      "on (Model Garden's 0.05 drops every box of an untrained RetinaNet, "
+                      "whose scores start near 0.01). Negative: the config's own.")
   parser.add_argument("--work_dir", default=None, help="Default: a new temp dir.")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    result = run_child(args.child, args.work_dir, args.batch_size, args.steps)
+    result = run_child(args.child, args.work_dir, args.batch_size, args.steps,
+                       None if args.pre_nms_score_threshold < 0 else args.pre_nms_score_threshold)
     with open(os.path.join(args.work_dir, "models", args.child, RESULT_FILE), "w") as f:
       json.dump(result, f, indent=2)
     return
