@@ -87,6 +87,27 @@ def _check_keys(config: hyperparams.Config, override: dict, where: str, prefix: 
           _check_keys(element, item, where, f"{prefix}{key}[{i}].")
 
 
+def _extend_free_form(config: hyperparams.Config, override: dict) -> None:
+  """Lets the free-form configs `override` reaches take its new keys.
+
+  A strict override refuses a key that a free-form `hyperparams.Config` (one its
+  owner types, e.g. a head's `options`) does not have yet; Model Garden
+  overrides a list of the same length element by element, so a YAML list of
+  heads setting options would stop there. `_check_keys` has checked the rest.
+  """
+  for key, value in override.items():
+    current = getattr(config, key, None)
+    if type(current) is hyperparams.Config and isinstance(value, dict):  # pylint: disable=unidiomatic-typecheck
+      current.override(value, is_strict=False)
+    elif isinstance(current, hyperparams.Config) and isinstance(value, dict):
+      _extend_free_form(current, value)
+    elif isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)) \
+        and len(current) == len(value):
+      for element, item in zip(current, value):
+        if isinstance(element, hyperparams.Config) and isinstance(item, dict):
+          _extend_free_form(element, item)
+
+
 def _check_types(config: hyperparams.Config, where: str, prefix: str = "") -> None:
   hints = typing.get_type_hints(type(config))
   for field in dataclasses.fields(config):
@@ -183,6 +204,7 @@ def load(config: ConfigT, config_file: str | Sequence[str] | None = None,
     if not isinstance(override, dict):
       raise ConfigError(f"{where}: expected a mapping, got {type(override).__name__}")
     _check_keys(config, override, where)
+    _extend_free_form(config, override)
     try:
       config.override(override, is_strict=True)
     except (KeyError, ValueError, AttributeError, TypeError) as e:
