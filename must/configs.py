@@ -93,7 +93,9 @@ def _extend_free_form(config: hyperparams.Config, override: dict) -> None:
   A strict override refuses a key that a free-form `hyperparams.Config` (one its
   owner types, e.g. a head's `options`) does not have yet; Model Garden
   overrides a list of the same length element by element, so a YAML list of
-  heads setting options would stop there. `_check_keys` has checked the rest.
+  heads setting options would stop there. An element given for another `task`
+  than the one in its place starts from its type's defaults, so that no value
+  of one task's head leaks into another's. `_check_keys` has checked the rest.
   """
   for key, value in override.items():
     current = getattr(config, key, None)
@@ -103,9 +105,14 @@ def _extend_free_form(config: hyperparams.Config, override: dict) -> None:
       _extend_free_form(current, value)
     elif isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)) \
         and len(current) == len(value):
-      for element, item in zip(current, value):
-        if isinstance(element, hyperparams.Config) and isinstance(item, dict):
-          _extend_free_form(element, item)
+      elements = list(current)
+      for i, item in enumerate(value):
+        if not (isinstance(elements[i], hyperparams.Config) and isinstance(item, dict)):
+          continue
+        if "task" in item and getattr(elements[i], "task", item["task"]) != item["task"]:
+          elements[i] = type(elements[i])()  # another task's element: none of its values
+        _extend_free_form(elements[i], item)
+      setattr(config, key, elements)
 
 
 def _check_types(config: hyperparams.Config, where: str, prefix: str = "") -> None:

@@ -54,3 +54,14 @@ def test_full_student_heads_are_each_its_own_task_with_its_options():
   # Set in a YAML list as long as the default heads (merged element by element).
   detection = student_config.build_heads(params.task.model)["detection"]
   assert detection.options.anchor.anchor_size == 4.0 and detection.options.max_boxes == 100
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (REPO / "configs").glob("*/student*.yaml")))
+def test_student_heads_in_any_order_keep_only_their_own_values(path):
+  # Model Garden merges a same-length list element by element: a head listed in
+  # another place than the default's must not take the values of the head there.
+  params = configs.load(exp_factory.get_exp_config(student_config.EXPERIMENT), path)
+  for head in params.task.model.heads:
+    if not student_config.tasks.get(head.task).has_classes:
+      assert head.num_classes == 0, head
+  student_config.build_heads(params.task.model)
