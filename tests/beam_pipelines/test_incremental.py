@@ -149,7 +149,7 @@ def test_a_changed_teacher_or_threshold_relabels_its_task_only(tmp_path, calls, 
 def test_a_killed_run_resumes_without_relabeling_its_committed_work(tmp_path, calls,
                                                                     monkeypatch):
   pattern = _corpus(tmp_path / "corpus", SEEDS)
-  monkeypatch.setenv(FAIL_ENV, "8")  # 2 batches of 2 images x 4 teachers, then a kill
+  monkeypatch.setenv(FAIL_ENV, "16")  # 2 batches of 2 images x 4 teachers, then a kill
   with pytest.raises(Exception, match="simulated kill"):
     _run(tmp_path, pattern, "out", "--checkpoint_every=1")
   calls()
@@ -163,7 +163,7 @@ def test_a_killed_run_resumes_without_relabeling_its_committed_work(tmp_path, ca
   _run(tmp_path, pattern, "full")
   assert _records(tmp_path, "out") == _records(tmp_path, "full")
   # Without --resume a rerun starts over.
-  monkeypatch.setenv(FAIL_ENV, "8")
+  monkeypatch.setenv(FAIL_ENV, "16")
   with pytest.raises(Exception, match="simulated kill"):
     _run(tmp_path, pattern, "again", "--checkpoint_every=1")
   monkeypatch.delenv(FAIL_ENV)
