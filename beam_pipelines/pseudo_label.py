@@ -411,7 +411,7 @@ class PlanFn(beam.DoFn):
 
 
 class CheckpointFn(beam.DoFn):
-  """Passes (id, (path, record, stats, reused)) through, committing the records
+  """Passes (id, (path, record, stats)) through, committing the records
   labeled now to `folder`: a TFRecord file every `every` records and at the end
   of each bundle, written under a temporary name and renamed, so a file there
   is whole. A retried bundle may commit a record twice; readers keep one per id."""
@@ -423,7 +423,7 @@ class CheckpointFn(beam.DoFn):
     self.buffer = []
 
   def process(self, item) -> Iterator[Any]:
-    if not item[1][3]:
+    if not all_reused(item[1][2]):
       self.buffer.append(item[1][1])
       if len(self.buffer) >= self.every:
         self._commit()
@@ -558,13 +558,13 @@ class RunTeachers(beam.PTransform):
 
 
 class MakeExamplesFn(beam.DoFn):
-  """(element, outputs) -> (id, (path, serialized tf.Example, its task stats, reused)).
+  """(element, outputs) -> (id, (path, serialized tf.Example, its task stats)).
 
   Tasks with ground truth in the input example keep it; tasks an earlier run
-  labeled (a `Pending` element's `reused` features) keep that label; every
-  other task with a teacher gets the pseudo label. `reused`: no label is new. Every other feature of the input (ground
-  truth of tasks without a teacher in this run included, with provenance)
-  passes through untouched. A failure goes to the dead letters, keeping the counts
+  labeled (a `Pending` element's `reused` features) keep that label, their
+  stats saying `reused`: 1; every other task with a teacher gets the pseudo
+  label. Every other feature of the input (ground truth of tasks without a
+  teacher in this run included, with provenance) passes through untouched. A failure goes to the dead letters, keeping the counts
   balanced.
   """
 
@@ -588,7 +588,7 @@ class MakeExamplesFn(beam.DoFn):
   def process(self, item) -> Iterator[Any]:
     element, outputs = item
     try:
-      record, stats, reused = self._make(element, outputs)
+      record, stats = self._make(element, outputs)
     except Exception as e:  # pylint: disable=broad-except  (one image never fails the job)
       self.failed.inc()
       self.progress.add("labeling failures")
@@ -597,7 +597,7 @@ class MakeExamplesFn(beam.DoFn):
       return
     self.out.inc()
     self.progress.add("images labeled")
-    yield element.id, (element.path, record, stats, reused)
+    yield element.id, (element.path, record, stats)
 
   def _stats_of(self, example: tf.train.Example, tasks: frozenset) -> dict[str, dict]:
     """The label stats of reused labels, decoded from the example."""
@@ -650,18 +650,23 @@ class MakeExamplesFn(beam.DoFn):
     feature[FILENAME_KEY].bytes_list.value.append(element.path.encode())
     if reused:
       stats.update(self._stats_of(example, reused))
-    return (example.SerializeToString(deterministic=True), stats,
-            bool(reused) and not labels)
+    return example.SerializeToString(deterministic=True), stats
+
+
+def all_reused(stats: Mapping[str, Mapping[str, Any]]) -> bool:
+  """Whether a record's task stats say every pseudo label of it was reused."""
+  return (any(REUSED in s for s in stats.values())
+          and all(REUSED in s for s in stats.values() if s["source"] == schema_lib.PSEUDO))
 
 
 def _one_per_id(item) -> Iterator[Any]:
-  """(id, [(path, record, stats, reused)]) -> the record of the first path, with
-  every path in `SOURCE_PATHS_KEY` when there are several; its stats on 'stats',
-  the number of other copies on 'duplicates', and a 1 on 'reused' when it is."""
+  """(id, [(path, record, stats)]) -> the record of the first path, with every
+  path in `SOURCE_PATHS_KEY` when there are several; its stats on 'stats', the
+  number of other copies on 'duplicates', and a 1 on 'reused' when no label is new."""
   _, copies = item
   copies = sorted(copies, key=lambda copy: copy[0])
-  path, record, stats, reused = copies[0]
-  if reused:
+  path, record, stats = copies[0]
+  if all_reused(stats):
     yield beam.pvalue.TaggedOutput(REUSED, 1)
   if len(copies) > 1:
     example = tf.train.Example.FromString(record)
@@ -674,7 +679,7 @@ def _one_per_id(item) -> Iterator[Any]:
 
 
 class OnePerImage(beam.PTransform):
-  """(id, (path, record, stats, reused)) -> {'records': one per image content,
+  """(id, (path, record, stats)) -> {'records': one per image content,
   'stats': theirs, 'duplicates': one int, the copies dropped, 'reused': one
   int, the records with no new label}.
 
