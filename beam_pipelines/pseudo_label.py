@@ -49,10 +49,13 @@ The teachers config (YAML):
 """
 import argparse
 import dataclasses
+import hashlib
 import inspect
+import itertools
 import json
 import logging
 import types as types_lib
+import uuid
 import typing
 from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence
 
@@ -86,6 +89,8 @@ LABELING_FAILED = "labeling_failed"
 FILENAME_KEY = "image/filename"
 SOURCE_PATHS_KEY = "must/source_paths"  # every path of an image found at several
 DUPLICATES = "duplicates"
+REUSED = "reused"
+CHECKPOINT_CONFIG = "config.json"  # beside a checkpoint dir's records: the config they follow
 _NAMESPACE = "pseudo_label"
 
 
@@ -116,6 +121,17 @@ class PseudoLabelOptions(common.DataOptions, pipeline_options.PipelineOptions):
     parser.add_argument("--model_copies", type=int, default=None,
                         help="Shared copies of the teachers per worker machine (e.g. one "
                         "per GPU); implies --large_model.")
+    parser.add_argument("--previous_output", default="",
+                        help="A published run's output dir: its labels of images of the "
+                        "same content id are reused for every task whose teacher, version, "
+                        "thresholds and parameters are unchanged; the rest is labeled.")
+    parser.add_argument("--resume", action="store_true",
+                        help="Keep and reuse the checkpoints a killed run into --output_dir "
+                        "committed, labeling only what it had not finished.")
+    parser.add_argument("--checkpoint_every", type=int, default=500,
+                        help="Commit newly labeled records to <output_dir>/.checkpoints "
+                        "every this many per worker bundle (and at its end), for --resume; "
+                        "0: no checkpoints.")
 
 
 # -- Config ---------------------------------------------------------------------
@@ -225,6 +241,231 @@ def load_config(path: str, **kwargs) -> dict:
   return resolve_config(yaml.safe_load(common.read_text(path)) or {}, where=path, **kwargs)
 
 
+# -- Incremental runs -------------------------------------------------------------
+
+
+def task_fingerprint(config: Mapping[str, Any], task: str) -> str | None:
+  """What a task's labels depend on in a resolved config (JSON text): its
+  teacher's name, version, input size and classes, its thresholds and schema
+  parameters. None when the config has no teacher for it."""
+  teacher = next((t for t in config.get("teachers", []) if t.get("task") == task), None)
+  if teacher is None:
+    return None
+  return json.dumps({
+      "teacher": f"{teacher['name']}@{teacher['version']}",
+      "input_size": list(teacher["input_size"]), "num_classes": teacher.get("num_classes"),
+      "class_names": teacher.get("class_names"),
+      "thresholds": (config.get("thresholds") or {}).get(task, {}),
+      "task_params": (config.get("task_params") or {}).get(task, {}),
+      "schema_version": schema_lib.SCHEMA_VERSION}, sort_keys=True)
+
+
+def reusable_tasks(previous: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[str, ...]:
+  """The tasks of `config` whose labels a run of the `previous` config made alike."""
+  return tuple(sorted(t["task"] for t in config["teachers"]
+                      if task_fingerprint(previous, t["task"]) == task_fingerprint(
+                          config, t["task"])))
+
+
+def task_keys(task: tasks_lib.Task, name: str) -> tuple[str, ...]:
+  """Every feature key of one task's label, provenance included."""
+  return (*task.feature_spec(), schema_lib.source_key(name), schema_lib.model_key(name))
+
+
+def _first_bytes(feature, key: str) -> str:
+  values = feature[key].bytes_list.value if key in feature else []
+  return values[0].decode() if values else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Previous:
+  """Records an earlier run wrote: where (named in the summary), their file
+  pattern, and the tasks whose labels there still hold."""
+  where: str
+  pattern: str
+  tasks: tuple[str, ...]
+
+
+def checkpoint_dir(config: Mapping[str, Any]) -> str:
+  """Where this run commits its records as it goes: one folder per labeling
+  config under `<output_dir>/.checkpoints`."""
+  key = json.dumps({t["task"]: task_fingerprint(config, t["task"]) for t in config["teachers"]},
+                   sort_keys=True)
+  return common.join(config["options"]["output_dir"], run_dir.CHECKPOINTS,
+                     hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+def previous_sources(config: Mapping[str, Any]) -> list[Previous]:
+  """The earlier labels a run reuses: --previous_output's published records,
+  and with --resume the checkpoints of killed runs into the output dir.
+
+  Raises:
+    cli.UserError: --previous_output is no published run, or is the output dir.
+  """
+  options, sources = config["options"], []
+  previous = options.get("previous_output")
+  if previous:
+    if previous.rstrip("/") == options["output_dir"].rstrip("/"):
+      raise cli.UserError(f"--previous_output {previous} is the --output_dir; write the new "
+                          "run elsewhere")
+    path = common.join(previous, SUMMARY_FILE)
+    try:
+      previous_config = json.loads(common.read_text(path))["config"]
+    except Exception as e:  # pylint: disable=broad-except  (any file system's error)
+      raise cli.UserError(f"--previous_output {previous}: no published pseudo_label run "
+                          f"there ({path}: {type(e).__name__}: {e})") from None
+    sources.append(Previous(previous, common.join(previous, f"{EXAMPLES_PREFIX}-*.tfrecord"),
+                            reusable_tasks(previous_config, config)))
+  if options.get("resume"):
+    pattern = common.join(options["output_dir"], run_dir.CHECKPOINTS, "*", CHECKPOINT_CONFIG)
+    for path in sorted(tf.io.gfile.glob(pattern)):
+      folder = path[:-len(CHECKPOINT_CONFIG) - 1]
+      sources.append(Previous(folder, common.join(folder, "*.tfrecord"), reusable_tasks(
+          json.loads(common.read_text(path)), config)))
+  return sources
+
+
+def write_checkpoint_config(config: Mapping[str, Any]) -> str:
+  """Creates this run's checkpoint folder with the config its records follow."""
+  folder = checkpoint_dir(config)
+  tf.io.gfile.makedirs(folder)
+  common.write_bytes(common.join(folder, CHECKPOINT_CONFIG), json.dumps(
+      {k: config[k] for k in ("teachers", "thresholds", "task_params")}, sort_keys=True).encode())
+  return folder
+
+
+def _key_previous(element, index: int) -> Iterator[tuple[str, tuple[int, bytes]]]:
+  """(shard, record) of an earlier run -> (image id, (source index, record));
+  what does not read is left out (its image is labeled again)."""
+  _, record = element
+  try:
+    image_id = _first_bytes(tf.train.Example.FromString(record).features.feature,
+                            "image/source_id")
+  except Exception:  # pylint: disable=broad-except  (an unreadable tail, a malformed proto)
+    image_id = ""
+  if image_id:
+    yield image_id, (index, record)
+  else:
+    beam.metrics.Metrics.counter(_NAMESPACE, "previous_records_unusable").inc()
+
+
+@dataclasses.dataclass
+class Pending(decode.Decoded):
+  """A decoded image with the labels earlier runs made for it that still hold:
+  `reused`, a serialized tf.Example of those tasks' features (b'': none)."""
+  reused: bytes = b""
+
+
+def teacher_groups(tasks: Sequence[str], sources: Sequence[Previous]) -> list[frozenset]:
+  """The sets of teachers an image may still need: every teacher first (a new
+  image), then every teacher but those some of the sources supply."""
+  groups = [frozenset(tasks)]
+  for n in range(1, len(sources) + 1):
+    for chosen in itertools.combinations(sources, n):
+      group = frozenset(tasks) - {t for source in chosen for t in source.tasks}
+      if group and group not in groups:
+        groups.append(group)
+  return groups
+
+
+class PlanFn(beam.DoFn):
+  """(id, {'element': [Decoded], 'previous': [(source, record)]}) -> a `Pending`
+  per element: on 'reused' when earlier runs supply every task, else on the
+  index (str) of the `teacher_groups` group it still needs (0, every teacher,
+  when its need is no group). A task is supplied by a record of a source
+  reusing it whose label is a pseudo label of the current teacher."""
+
+  def __init__(self, config: Mapping[str, Any], sources: Sequence[Previous],
+               groups: Sequence[frozenset]):
+    self.config, self.sources, self.groups = config, list(sources), list(groups)
+
+  def setup(self):
+    schema = schema_lib.Schema(self.config["task_params"])
+    self.models = {t["task"]: f"{t['name']}@{t['version']}" for t in self.config["teachers"]}
+    self.keys = {task: task_keys(schema.tasks[task], task) for task in self.models}
+    self.reused = beam.metrics.Metrics.counter(_NAMESPACE, "images_reused")
+
+  def process(self, item) -> Iterator[Any]:
+    _, groups = item
+    supplied, have = tf.train.Example(), set()
+    into = supplied.features.feature
+    for index, record in sorted(groups["previous"]):
+      feature = tf.train.Example.FromString(record).features.feature
+      for task in self.sources[index].tasks:
+        if (task in have or _first_bytes(feature, schema_lib.source_key(task)) != schema_lib.PSEUDO
+            or _first_bytes(feature, schema_lib.model_key(task)) != self.models[task]):
+          continue
+        have.add(task)
+        for key in self.keys[task]:
+          if key in feature:
+            into[key].CopyFrom(feature[key])
+    needed = frozenset(self.models) - have
+    reused = supplied.SerializeToString(deterministic=True) if have else b""
+    tag = REUSED if not needed else str(self.groups.index(needed) if needed in self.groups else 0)
+    for element in groups["element"]:
+      if tag == REUSED:
+        self.reused.inc()
+      yield beam.pvalue.TaggedOutput(tag, Pending(
+          **{f.name: getattr(element, f.name) for f in dataclasses.fields(decode.Decoded)},
+          reused=reused))
+
+
+class CheckpointFn(beam.DoFn):
+  """Passes (id, (path, record, stats)) through, committing the records
+  labeled now to `folder`: a TFRecord file every `every` records and at the end
+  of each bundle, written under a temporary name and renamed, so a file there
+  is whole. A retried bundle may commit a record twice; readers keep one per id."""
+
+  def __init__(self, folder: str, every: int):
+    self.folder, self.every = folder, every
+
+  def start_bundle(self):
+    self.buffer = []
+
+  def process(self, item) -> Iterator[Any]:
+    if not all_reused(item[1][2]):
+      self.buffer.append(item[1][1])
+      if len(self.buffer) >= self.every:
+        self._commit()
+    yield item
+
+  def finish_bundle(self):
+    self._commit()
+
+  def _commit(self) -> None:
+    if not self.buffer:
+      return
+    path = common.join(self.folder, f"{uuid.uuid4().hex}.tfrecord")
+    with tf.io.TFRecordWriter(path + ".tmp") as writer:
+      for record in self.buffer:
+        writer.write(record)
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    beam.metrics.Metrics.counter(_NAMESPACE, "records_committed").inc(len(self.buffer))
+    self.buffer = []
+
+
+class PlanReuse(beam.PTransform):
+  """Decoded elements -> {group index (str): `Pending` elements still needing that
+  `teacher_groups` group, 'reused': those needing none}, joined by id with the
+  records of `sources`."""
+
+  def __init__(self, config: Mapping[str, Any], sources: Sequence[Previous],
+               groups: Sequence[frozenset]):
+    super().__init__()
+    self.config, self.sources, self.groups = config, list(sources), list(groups)
+
+  def expand(self, decoded):
+    previous = [decoded.pipeline
+                | f"ReadPrevious[{i}]" >> common.ReadTFRecords(source.pattern)
+                | f"KeyPrevious[{i}]" >> beam.FlatMap(_key_previous, i)
+                for i, source in enumerate(self.sources)]
+    return ({"element": decoded | "KeyById" >> beam.Map(lambda e: (e.id, e)),
+             "previous": previous | "AllPrevious" >> beam.Flatten(pipeline=decoded.pipeline)}
+            | "JoinById" >> beam.CoGroupByKey()
+            | "Plan" >> beam.ParDo(PlanFn(self.config, self.sources, self.groups)).with_outputs(
+                REUSED, *map(str, range(len(self.groups)))))
+
+
 # -- Steps ----------------------------------------------------------------------
 
 
@@ -319,10 +560,11 @@ class RunTeachers(beam.PTransform):
 class MakeExamplesFn(beam.DoFn):
   """(element, outputs) -> (id, (path, serialized tf.Example, its task stats)).
 
-  Tasks with ground truth in the input example keep it; every other task with
-  a teacher gets the pseudo label. Every other feature of the input (ground
-  truth of tasks without a teacher in this run included, with provenance)
-  passes through untouched. A failure goes to the dead letters, keeping the counts
+  Tasks with ground truth in the input example keep it; tasks an earlier run
+  labeled (a `Pending` element's `reused` features) keep that label, their
+  stats saying `reused`: 1; every other task with a teacher gets the pseudo
+  label. Every other feature of the input (ground truth of tasks without a
+  teacher in this run included, with provenance) passes through untouched. A failure goes to the dead letters, keeping the counts
   balanced.
   """
 
@@ -338,6 +580,7 @@ class MakeExamplesFn(beam.DoFn):
     self.kept = beam.metrics.Metrics.counter(_NAMESPACE, "ground_truth_kept")
     self.failed = beam.metrics.Metrics.counter(_NAMESPACE, "dead_letters")
     self.progress = common.Progress(_NAMESPACE, "images labeled", "labeling failures")
+    self.decoders = {}
 
   def teardown(self):
     self.progress.log()
@@ -356,11 +599,28 @@ class MakeExamplesFn(beam.DoFn):
     self.progress.add("images labeled")
     yield element.id, (element.path, record, stats)
 
+  def _stats_of(self, example: tf.train.Example, tasks: frozenset) -> dict[str, dict]:
+    """The label stats of reused labels, decoded from the example."""
+    if tasks not in self.decoders:
+      schema = schema_lib.Schema({t: self.config["task_params"][t] for t in tasks})
+      self.decoders[tasks] = schema, tf.function(
+          schema.decode, input_signature=[tf.TensorSpec([], tf.string)])
+    schema, decoder = self.decoders[tasks]
+    decoded = decoder(tf.constant(example.SerializeToString()))
+    return {task: {"source": schema_lib.PSEUDO, REUSED: 1, **schema.tasks[task].label_stats(
+        schema.tasks[task].from_decoded(tf.nest.map_structure(lambda t: t.numpy(),
+                                                              decoded[task])))}
+            for task in sorted(tasks)}
+
   def _make(self, element: decode.Decoded, outputs: Mapping[str, Any]):
     truth = decode.ground_truth_tasks(element.example)
+    previous = tf.train.Example.FromString(getattr(element, "reused", b""))
+    kept = previous.features.feature
+    reused = frozenset(t for t in self.teachers if t not in truth
+                       and _first_bytes(kept, schema_lib.source_key(t)) == schema_lib.PSEUDO)
     labels, stats = {}, {}
     for task, task_outputs in outputs.items():
-      if task in truth:
+      if task in truth or task in reused:
         continue
       resized = inference.resize_outputs(
           task_outputs, self.teachers[task]["input_size"], element.image_size,
@@ -373,8 +633,12 @@ class MakeExamplesFn(beam.DoFn):
         element.image, labels, provenance={t: self.provenance[t] for t in labels},
         encoded=element.encoded, image_format=element.image_format, source_id=element.id)
     feature = example.features.feature
+    for task in reused:
+      for key in task_keys(self.schema.tasks[task], task):
+        if key in kept:
+          feature[key].CopyFrom(kept[key])
     if element.example is not None:  # Every input feature but the new labels' passes through.
-      replaced = {key for task in labels for key in (
+      replaced = {key for task in (*labels, *reused) for key in (
           *self.schema.tasks[task].feature_spec(), schema_lib.source_key(task),
           schema_lib.model_key(task))}
       for key, value in element.example.features.feature.items():
@@ -384,16 +648,26 @@ class MakeExamplesFn(beam.DoFn):
         stats[task] = {"source": schema_lib.GROUND_TRUTH}
         self.kept.inc()
     feature[FILENAME_KEY].bytes_list.value.append(element.path.encode())
+    if reused:
+      stats.update(self._stats_of(example, reused))
     return example.SerializeToString(deterministic=True), stats
+
+
+def all_reused(stats: Mapping[str, Mapping[str, Any]]) -> bool:
+  """Whether a record's task stats say every pseudo label of it was reused."""
+  return (any(REUSED in s for s in stats.values())
+          and all(REUSED in s for s in stats.values() if s["source"] == schema_lib.PSEUDO))
 
 
 def _one_per_id(item) -> Iterator[Any]:
   """(id, [(path, record, stats)]) -> the record of the first path, with every
-  path in `SOURCE_PATHS_KEY` when there are several; its stats on 'stats' and
-  the number of other copies on 'duplicates'."""
+  path in `SOURCE_PATHS_KEY` when there are several; its stats on 'stats', the
+  number of other copies on 'duplicates', and a 1 on 'reused' when no label is new."""
   _, copies = item
   copies = sorted(copies, key=lambda copy: copy[0])
   path, record, stats = copies[0]
+  if all_reused(stats):
+    yield beam.pvalue.TaggedOutput(REUSED, 1)
   if len(copies) > 1:
     example = tf.train.Example.FromString(record)
     example.features.feature[SOURCE_PATHS_KEY].bytes_list.value.extend(
@@ -406,7 +680,8 @@ def _one_per_id(item) -> Iterator[Any]:
 
 class OnePerImage(beam.PTransform):
   """(id, (path, record, stats)) -> {'records': one per image content,
-  'stats': theirs, 'duplicates': one int, the copies dropped}.
+  'stats': theirs, 'duplicates': one int, the copies dropped, 'reused': one
+  int, the records with no new label}.
 
   Identical content (the same id) at several paths becomes one record of the
   first path that lists every path (`SOURCE_PATHS_KEY`).
@@ -416,9 +691,10 @@ class OnePerImage(beam.PTransform):
     kept = (made
             | "ById" >> beam.GroupByKey()
             | "First" >> beam.FlatMap(_one_per_id).with_outputs(
-                DUPLICATES, "stats", main="records"))
+                DUPLICATES, "stats", REUSED, main="records"))
     return {"records": kept.records, "stats": kept.stats,
-            "duplicates": kept[DUPLICATES] | "Sum" >> beam.CombineGlobally(sum)}
+            "duplicates": kept[DUPLICATES] | "Sum" >> beam.CombineGlobally(sum),
+            REUSED: kept[REUSED] | "SumReused" >> beam.CombineGlobally(sum)}
 
 
 def _counted(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -460,13 +736,20 @@ class LabelStats(beam.PTransform):
 
 
 def make_summary(_, images_in: int, examples_out: int, reasons: dict, task_stats: dict,
-                 config: Mapping[str, Any], duplicates: int = 0) -> str:
-  """The run summary as JSON text."""
+                 config: Mapping[str, Any], duplicates: int = 0, reused: int | None = None,
+                 sources: Sequence[Mapping[str, Any]] = ()) -> str:
+  """The run summary as JSON text; an incremental run's (`reused` given) counts
+  split the examples out into reused and newly labeled, and name its sources."""
   dead = sum(reasons.values())
+  counts = {"images_in": images_in, "examples_out": examples_out,
+            "dead_letters": dead, DUPLICATES: duplicates,
+            "balanced": images_in == examples_out + dead + duplicates}
+  extra = {}
+  if reused is not None:
+    counts.update({REUSED: reused, "newly_labeled": examples_out - reused})
+    extra["reused_from"] = list(sources)
   return json.dumps({
-      "counts": {"images_in": images_in, "examples_out": examples_out,
-                 "dead_letters": dead, DUPLICATES: duplicates,
-                 "balanced": images_in == examples_out + dead + duplicates},
+      "counts": counts, **extra,
       "dead_letter_reasons": reasons,
       "tasks": task_stats,
       "teachers": {t["task"]: f"{t['name']}@{t['version']}" for t in config["teachers"]},
@@ -489,10 +772,12 @@ class PseudoLabel(beam.PTransform):
     text), after they are written under `write_dir`.
   """
 
-  def __init__(self, config: Mapping[str, Any], loader=None, write_dir: str = ""):
+  def __init__(self, config: Mapping[str, Any], loader=None, write_dir: str = "",
+               sources: Sequence[Previous] = (), checkpoints: str = ""):
     super().__init__()
     self.config, self.loader = dict(config), loader
     self.write_dir = write_dir or self.config["options"]["output_dir"]
+    self.sources, self.checkpoints = list(sources), checkpoints
 
   def expand(self, pbegin):
     options = self.config["options"]
@@ -501,12 +786,30 @@ class PseudoLabel(beam.PTransform):
         options["input_pattern"], options["input_format"], options["max_pixels"])
     specs = [inference.TeacherSpec(t["task"], t["path"], t["batch_size"])
              for t in self.config["teachers"]]
-    inferred = read["decoded"] | "RunTeachers" >> RunTeachers(
-        specs, self.loader, options["inference_mode"], options.get("large_model", False),
-        options.get("model_copies"))
+
+    def run_teachers(decoded, group, label="RunTeachers"):
+      return decoded | label >> RunTeachers(
+          [s for s in specs if s.task in group], self.loader, options["inference_mode"],
+          options.get("large_model", False), options.get("model_copies"))
+
+    incremental = options.get("previous_output") or options.get("resume")
+    if incremental:
+      groups = teacher_groups([s.task for s in specs], self.sources)
+      plan = read["decoded"] | "PlanReuse" >> PlanReuse(self.config, self.sources, groups)
+      inferred = ([run_teachers(plan[str(i)], group, "RunTeachers" if i == 0 else
+                                f"RunTeachers[{'+'.join(sorted(group))}]")
+                   for i, group in enumerate(groups)]
+                  + [plan[REUSED] | "NoTeachers" >> beam.Map(lambda e: (e, {}))]
+                  ) | "AllInferred" >> beam.Flatten()
+    else:
+      inferred = run_teachers(read["decoded"], {s.task for s in specs})
     made = inferred | "MakeExamples" >> beam.ParDo(MakeExamplesFn(self.config)).with_outputs(
         decode.DEAD_LETTERS, main="records")
-    kept = made.records | "OnePerImage" >> OnePerImage()
+    made_records = made.records
+    if self.checkpoints and options.get("checkpoint_every"):
+      made_records = made_records | "Checkpoint" >> beam.ParDo(
+          CheckpointFn(self.checkpoints, options["checkpoint_every"]))
+    kept = made_records | "OnePerImage" >> OnePerImage()
     records = kept["records"]
     dead_letters = ((read["dead_letters"], made[decode.DEAD_LETTERS])
                     | "AllDeadLetters" >> beam.Flatten())
@@ -526,7 +829,9 @@ class PseudoLabel(beam.PTransform):
                    make_summary, beam.pvalue.AsSingleton(read["count"]),
                    beam.pvalue.AsSingleton(examples_out), beam.pvalue.AsSingleton(reasons),
                    beam.pvalue.AsSingleton(task_stats), self.config,
-                   beam.pvalue.AsSingleton(kept["duplicates"])))
+                   beam.pvalue.AsSingleton(kept["duplicates"]),
+                   beam.pvalue.AsSingleton(kept[REUSED]) if incremental else None,
+                   [{"from": s.where, "tasks": list(s.tasks)} for s in self.sources]))
     summary | "WriteSummary" >> common.WriteSingleFile(common.join(output_dir, SUMMARY_FILE))
     return {"records": records, "dead_letters": dead_letters, "summary": summary}
 
@@ -537,6 +842,8 @@ def run_config(options: PseudoLabelOptions) -> dict:
   common.require(view, ("input_pattern", "teachers_config", "output_dir"))
   if view.model_copies is not None and view.model_copies < 1:
     raise ValueError(f"--model_copies must be >= 1, got {view.model_copies}")
+  if view.checkpoint_every < 0:
+    raise ValueError(f"--checkpoint_every must be >= 0, got {view.checkpoint_every}")
   config = load_config(view.teachers_config)
   config["options"] = {
       "input_pattern": view.input_pattern, "input_format": view.input_format,
@@ -544,6 +851,8 @@ def run_config(options: PseudoLabelOptions) -> dict:
       "max_pixels": view.max_pixels, "inference_mode": view.inference_mode,
       "large_model": view.large_model, "model_copies": view.model_copies,
       "max_failure_fraction": view.max_failure_fraction,
+      "previous_output": view.previous_output, "resume": view.resume,
+      "checkpoint_every": view.checkpoint_every,
       "teachers_config": view.teachers_config,
       "runner": options.view_as(pipeline_options.StandardOptions).runner,
   }
@@ -577,10 +886,15 @@ def run(argv: Sequence[str] | None = None, loader=None) -> dict:
   """
   options, config = common.configure(PseudoLabelOptions, argv, run_config)
   output_dir = config["options"]["output_dir"]
-  summary = run_dir.run_owned(
-      options, output_dir, config["options"]["input_pattern"],
-      lambda p, staging: p | "PseudoLabel" >> PseudoLabel(config, loader, staging),
-      _NAMESPACE, SUMMARY_FILE)
+  sources = previous_sources(config)
+
+  def build(p, staging):  # inside the run dir: a new run's checkpoints follow its _clear
+    checkpoints = (write_checkpoint_config(config) if config["options"]["checkpoint_every"]
+                   else "")
+    return p | "PseudoLabel" >> PseudoLabel(config, loader, staging, sources, checkpoints)
+
+  summary = run_dir.run_owned(options, output_dir, config["options"]["input_pattern"], build,
+                              _NAMESPACE, SUMMARY_FILE, config["options"]["resume"])
   error = failure_budget_error(summary, config["options"]["max_failure_fraction"])
   if error:
     raise cli.JobFailed(f"{error} (see {common.join(output_dir, SUMMARY_FILE)} and its "

@@ -11,12 +11,14 @@ On entering, the run
     left by a killed process of this host is taken over. On other file
     systems (gs://) it is an exists-then-write through `tf.io.gfile`, which two
     runs starting in the same instant can both pass;
-  - removes what killed runs left (`.staging-*`, Beam's `beam-temp-*`);
+  - removes what killed runs left (`.staging-*`, Beam's `beam-temp-*`), and
+    their checkpoints (`.checkpoints/`) unless `resume`, which keeps them for
+    the run to read;
   - refuses a dir holding another run's output unless `overwrite`, which
     removes that output first.
 `publish` adds the list of written files to the summary (`files`, relative
 paths), moves every file from the staging dir into place, the summary last,
-and removes the staging dir (with Beam's temp folders in it). A reader of the
+and removes the staging dir (with Beam's temp folders in it) and the checkpoints. A reader of the
 documented globs sees no file of a run before it is complete, and never two
 runs' files together. A run that fails leaves its staging dir to look at; the
 next run removes it.
@@ -35,6 +37,7 @@ from must import cli
 LOCK_FILE = ".run.lock"
 STAGING_PREFIX = ".staging-"
 BEAM_TEMP_PREFIX = "beam-temp-"
+CHECKPOINTS = ".checkpoints"  # work a run commits as it goes, read by a resumed run
 
 
 def _is_local(path: str) -> bool:
@@ -65,10 +68,12 @@ class RunDir:
     output_dir: the run's `--output_dir` (any tf.io.gfile path).
     overwrite: remove another run's output there instead of refusing.
     input_pattern: the run's input, which must not lie in the output dir.
+    resume: keep the checkpoints a killed run left (`checkpoints`).
   """
 
-  def __init__(self, output_dir: str, overwrite: bool = False, input_pattern: str = ""):
-    self.output_dir, self.overwrite = output_dir, overwrite
+  def __init__(self, output_dir: str, overwrite: bool = False, input_pattern: str = "",
+               resume: bool = False):
+    self.output_dir, self.overwrite, self.resume = output_dir, overwrite, resume
     absolute = os.path.abspath if _is_local(output_dir) else str
     if input_pattern and absolute(input_pattern).startswith(absolute(output_dir) + "/"):
       raise cli.UserError(f"--output_dir {output_dir} holds the input --input_pattern "
@@ -76,6 +81,7 @@ class RunDir:
     self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     self.lock = common.join(output_dir, LOCK_FILE)
     self.staging = common.join(output_dir, STAGING_PREFIX + self.run_id)
+    self.checkpoints = common.join(output_dir, CHECKPOINTS)
     self._locked = False
 
   def __enter__(self) -> "RunDir":
@@ -139,11 +145,15 @@ class RunDir:
         tf.io.gfile.remove(self.lock)
 
   def _clear(self) -> None:
-    """Removes killed runs' temp folders, then another run's output if `overwrite`."""
+    """Removes killed runs' temp folders (and checkpoints unless `resume`), then
+    another run's output if `overwrite`."""
     output = []
     for name in sorted(tf.io.gfile.listdir(self.output_dir)):
       name = name.rstrip("/")
-      if name == LOCK_FILE:
+      if name == LOCK_FILE or name == CHECKPOINTS and self.resume:
+        continue
+      if name == CHECKPOINTS:
+        _remove(common.join(self.output_dir, name))
         continue
       if name.startswith((STAGING_PREFIX, BEAM_TEMP_PREFIX)):
         _remove(common.join(self.output_dir, name))
@@ -179,19 +189,21 @@ class RunDir:
       tf.io.gfile.makedirs(os.path.dirname(target))
       tf.io.gfile.rename(common.join(self.staging, name), target, overwrite=True)
     tf.io.gfile.rmtree(self.staging)
+    if tf.io.gfile.exists(self.checkpoints):
+      tf.io.gfile.rmtree(self.checkpoints)
     return summary
 
 
 def run_owned(options, output_dir: str, input_pattern: str, build, namespace: str,
-              summary_file: str) -> dict:
+              summary_file: str, resume: bool = False) -> dict:
   """Runs a pipeline into its own `output_dir` and returns its published summary.
 
   Checks that `input_pattern` matches files, takes the dir (`RunDir`, honouring
-  --overwrite), builds the pipeline with `build(pipeline, staging_dir)`, runs it
-  (`common.run_pipeline`, logging `namespace`'s counters) and publishes.
+  --overwrite and `resume`), builds the pipeline with `build(pipeline, staging_dir)`,
+  runs it (`common.run_pipeline`, logging `namespace`'s counters) and publishes.
   """
   common.require_files(input_pattern)
   overwrite = options.view_as(common.DataOptions).overwrite
-  with RunDir(output_dir, overwrite, input_pattern) as out:
+  with RunDir(output_dir, overwrite, input_pattern, resume) as out:
     common.run_pipeline(options, lambda p: build(p, out.staging), namespace)
     return out.publish(summary_file)
