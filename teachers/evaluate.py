@@ -36,7 +36,8 @@ def evaluate_teachers(teacher_dirs: list[str], world_dir: str, split: str = "eva
     with tf.io.gfile.GFile(os.path.join(path, "eval_metrics.json"), "w") as f:
       json.dump({"split": split, "metrics": metrics}, f, indent=2)
     for model in models:
-      results[f"{model.task} ({model.name})"] = metrics[model.task]
+      key = f"{model.task} ({model.name})"
+      results[key if key not in results else f"{key} {path}"] = metrics[model.task]
   return results
 
 
