@@ -1,6 +1,6 @@
 """A COCO sample of mixed aspect ratios: convert -> train -> label -> export -> COCOeval.
 
-  .venv/bin/python -m benchmarks.coco_round_trip [--steps 600] [--output_dir /tmp/coco_round_trip]
+  .venv/bin/python -m benchmarks.coco_round_trip [--steps 1500] [--output_dir /tmp/coco_round_trip]
 
 Renders world scenes at 48x80 and 80x48 as JPEGs with a COCO instances file
 (sparse category ids, boxes in pixels), then runs the binaries a user types:
@@ -102,7 +102,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--output_dir", default="/tmp/coco_round_trip")
   parser.add_argument("--per_size", type=int, default=4, help="images per aspect ratio")
-  parser.add_argument("--steps", type=int, default=600)
+  parser.add_argument("--steps", type=int, default=1500)
   args = parser.parse_args()
   root = args.output_dir
   shutil.rmtree(root, ignore_errors=True)
