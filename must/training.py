@@ -125,9 +125,10 @@ class AccumulatingTrainer(base_trainer.Trainer):
   micro-batches with a `GradientAccumulator` as its optimizer, then takes one
   optimizer step on the mean of their gradients: the step of one k-times larger
   batch for losses that average over examples (the reported training loss and
-  metrics cover all k micro-batches). Batch norm sees micro-batch statistics and
-  updates its moving averages each micro-batch. Loss scaling (mixed_float16) is
-  not supported.
+  metrics cover all k micro-batches). A loss normalized over its batch (e.g.
+  RetinaNet's division by the positive anchors) normalizes per micro-batch.
+  Batch norm sees micro-batch statistics and updates its moving averages each
+  micro-batch. Loss scaling (mixed_float16) is not supported.
   """
 
   def __init__(self, config, task, model, optimizer, **kwargs):
