@@ -9,6 +9,7 @@ import tensorflow as tf
 import must.student  # noqa: F401  (registers the student)
 import teachers
 import tf_keras
+from teachers import export as teacher_export
 from must import configs
 from must import serving
 from must import training
@@ -111,6 +112,17 @@ def test_every_experiment_takes_the_option_and_reports_the_effective_batch():
                           params_override="trainer.gradient_accumulation_steps=4")
     assert configs.effective_batch_size(params) == 4 * params.task.train_data.global_batch_size
     assert configs.accumulation_steps(exp_factory.get_exp_config(name)) == 1
+
+
+def test_a_teacher_records_its_effective_batch(tmp_path):
+  teacher = teachers.TEACHERS["classification"]
+  params = configs.load(exp_factory.get_exp_config(teacher.EXPERIMENT),
+                        params_override="trainer.gradient_accumulation_steps=4")
+  metadata = teacher_export._write_metadata(  # pylint: disable=protected-access
+      str(tmp_path), teacher, params, "v1", None, "test", "pad")
+  assert metadata["train_batch_size"] == 4 * params.task.train_data.global_batch_size
+  assert serving.TeacherMetadata.read(str(tmp_path)).train_batch_size == (
+      4 * params.task.train_data.global_batch_size)
 
 
 def test_the_loss_weight_rule_uses_the_effective_batch(tmp_path):
