@@ -1,6 +1,9 @@
 """trainer.gradient_accumulation_steps: k micro-batches make one big-batch step."""
 import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -53,7 +56,9 @@ class _DenseTask(base_task.Task):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(EXAMPLES, FEATURES)).astype(np.float32)
     y = rng.normal(size=(EXAMPLES, OUTPUTS)).astype(np.float32)
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(params.global_batch_size).repeat()
+    batch = (input_context.get_per_replica_batch_size(params.global_batch_size)
+             if input_context else params.global_batch_size)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat()
 
   def train_step(self, inputs, model, optimizer, metrics=None):
     x, y = inputs
@@ -62,17 +67,18 @@ class _DenseTask(base_task.Task):
     return {self.loss: loss}
 
 
-def _weights_after(steps: int, batch: int, k: int) -> list[np.ndarray]:
+def _weights_after(steps: int, batch: int, k: int,
+                   strategy: tf.distribute.Strategy | None = None) -> list[np.ndarray]:
   """The dense model's weights after `steps` optimizer steps of k micro-batches."""
   params = cfg.ExperimentConfig(
       task=cfg.TaskConfig(train_data=cfg.DataConfig(global_batch_size=batch)),
       trainer=configs.TrainerConfig(gradient_accumulation_steps=k, optimizer_config={
           "optimizer": {"type": "sgd", "sgd": {"momentum": 0.9}},
           "learning_rate": {"type": "constant", "constant": {"learning_rate": 0.3}}}))
-  task = _DenseTask(params.task)
-  trainer = train_utils.create_trainer(
-      params, task, train=True, evaluate=False,
-      trainer_cls=training.AccumulatingTrainer if k > 1 else base_trainer.Trainer)
+  with (strategy or tf.distribute.get_strategy()).scope():
+    trainer = train_utils.create_trainer(
+        params, _DenseTask(params.task), train=True, evaluate=False,
+        trainer_cls=training.AccumulatingTrainer if k > 1 else base_trainer.Trainer)
   initial = [w.numpy() for w in trainer.model.weights]
   trainer.train(tf.constant(steps))
   assert int(trainer.global_step.numpy()) == steps
@@ -92,6 +98,30 @@ def test_an_accumulated_step_equals_the_step_of_a_batch_k_times_larger():
   # Not the same as steps on the micro-batch alone.
   micro = _weights_after(steps=2, batch=2, k=1)
   assert not all(np.allclose(a, b, atol=1e-4) for a, b in zip(micro, big))
+
+
+MIRRORED_CHECK = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import tensorflow as tf
+from must import training
+mirrored = training.cpu_strategy(2)
+from tests.must import test_accumulation as t
+big = t._weights_after(steps=2, batch=8, k=1, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"))
+accumulated = t._weights_after(steps=2, batch=2, k=4, strategy=mirrored)
+print(max(float(np.abs(a - b).max()) for a, b in zip(accumulated, big)))
+"""
+
+
+@pytest.mark.slow
+def test_two_cpu_replicas_accumulate_the_same_step():
+  # Each replica sums its own gradients; the optimizer all-reduces them once.
+  repo = pathlib.Path(__file__).parents[2]
+  result = subprocess.run([sys.executable, "-c", MIRRORED_CHECK, str(repo)], cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "true"])
