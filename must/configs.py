@@ -10,6 +10,9 @@ what was expected. The result is validated and locked.
 
 Schedules follow `trainer.train_steps` (`derive_schedule`): override only the
 steps and the cosine decay and the warm-up follow, unless they are set too.
+The project's trainer config (`TrainerConfig`) adds
+`gradient_accumulation_steps` to Model Garden's; `effective_batch_size` is
+what one optimizer step sees.
 """
 import dataclasses
 import os
@@ -222,6 +225,8 @@ def load(config: ConfigT, config_file: str | Sequence[str] | None = None,
     derive_schedule(config, explicit, defaults)
   where = ", ".join(name for name, _ in sources) or "defaults"
   try:
+    if isinstance(getattr(config, "trainer", None), TrainerConfig):
+      config.trainer.check()
     if resolve is not None:
       resolve(config)
     config.validate()
@@ -329,10 +334,43 @@ def norm_activation() -> common_cfg.NormActivation:
   return common_cfg.NormActivation(norm_momentum=0.9, norm_epsilon=1e-5, use_sync_bn=False)
 
 
+@dataclasses.dataclass
+class TrainerConfig(cfg.TrainerConfig):
+  """Model Garden's trainer config plus gradient accumulation.
+
+  Attributes:
+    gradient_accumulation_steps: k >= 1. One optimizer step adds up the
+      gradients of k micro-batches of `task.train_data.global_batch_size` (what
+      a device holds) and applies their mean: the step of one batch k times
+      larger (`effective_batch_size`), at the memory of one micro-batch.
+      `train_steps`, the schedule, checkpoints and summaries count optimizer
+      steps. Batch norm normalizes each micro-batch by its own statistics and
+      updates its moving averages once per micro-batch.
+  """
+  gradient_accumulation_steps: int = 1
+
+  def check(self) -> None:
+    """Stops with a ValueError naming the key when a value cannot be used."""
+    steps = self.gradient_accumulation_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+      raise ValueError(f"trainer.gradient_accumulation_steps must be an integer >= 1, "
+                       f"got {steps!r}")
+
+
+def accumulation_steps(params: cfg.ExperimentConfig) -> int:
+  """k of `trainer.gradient_accumulation_steps` (1 for Model Garden's own trainer config)."""
+  return int(getattr(params.trainer, "gradient_accumulation_steps", 1))
+
+
+def effective_batch_size(params: cfg.ExperimentConfig) -> int:
+  """The examples one optimizer step learns from: the training batch times k."""
+  return params.task.train_data.global_batch_size * accumulation_steps(params)
+
+
 def trainer(train_steps: int, learning_rate: float, warmup_steps: int = 100,
-            steps_per_loop: int = 50) -> cfg.TrainerConfig:
+            steps_per_loop: int = 50) -> TrainerConfig:
   """Adam with linear warm-up and cosine decay; evaluates over the whole eval split."""
-  return cfg.TrainerConfig(
+  return TrainerConfig(
       train_steps=train_steps,
       steps_per_loop=steps_per_loop,
       summary_interval=steps_per_loop,

@@ -11,7 +11,9 @@ logs in `<model_dir>/eval_metrics.json`. Every mode that trains leaves
 `<model_dir>/train_timing.json`: the global steps this process trained and the
 seconds spent inside orbit's train loops.
 `train_step` is the optimizer step of the project's own Model Garden tasks
-(the student, the depth teacher).
+(the student, the depth teacher). With `trainer.gradient_accumulation_steps`
+k > 1 every task, stock or not, trains through `AccumulatingTrainer`: one
+optimizer step per k micro-batches.
 """
 import functools
 import json
@@ -30,6 +32,7 @@ from must import cli
 from must import configs
 from official.common import distribute_utils
 from official.common import flags as tfm_flags
+from official.core import base_trainer
 from official.core import exp_factory
 from official.core import task_factory
 from official.core import train_lib
@@ -65,6 +68,101 @@ def train_step(model, optimizer, images, compute_loss) -> tf.Tensor:
     grads = optimizer.get_unscaled_gradients(grads)
   optimizer.apply_gradients(list(zip(grads, variables)))
   return loss
+
+
+class GradientAccumulator:
+  """Stands in for the optimizer in a task's `train_step` and adds its gradients up.
+
+  `apply_gradients` adds this replica's gradients into sums (sync-on-read
+  variables: each replica keeps its own, no all-reduce per micro-batch);
+  `apply` hands their mean over the k micro-batches to the real optimizer (which
+  all-reduces over replicas, clips and steps once) and zeroes them. Variables
+  that got no gradient stay out of the step, as the optimizer would leave them.
+  Every other attribute is the real optimizer's. The sums are not checkpointed:
+  they are zero between optimizer steps.
+  """
+
+  def __init__(self, optimizer, variables, steps: int):
+    self._optimizer = optimizer
+    self._steps = steps
+    self._variables = list(variables)
+    self._index = {v.ref(): i for i, v in enumerate(self._variables)}
+    self._sums = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                              name=f"accumulated_{i}",
+                              synchronization=tf.VariableSynchronization.ON_READ,
+                              aggregation=tf.VariableAggregation.SUM)
+                  for i, v in enumerate(self._variables)]
+    self._with_gradients: set[int] = set()  # filled as the train step is traced
+
+  def __getattr__(self, name):
+    return getattr(self._optimizer, name)
+
+  def apply_gradients(self, grads_and_vars, **kwargs):
+    del kwargs
+    for grad, variable in grads_and_vars:
+      if grad is None:
+        continue
+      if variable.ref() not in self._index:
+        raise ValueError(f"gradient accumulation: {variable.name} is not a trainable variable "
+                         f"of the model the trainer built")
+      i = self._index[variable.ref()]
+      self._with_gradients.add(i)
+      self._sums[i].assign_add(tf.convert_to_tensor(grad))
+
+  def apply(self) -> None:
+    """The optimizer step on the mean gradient; then zeroes the sums (replica context)."""
+    used = sorted(self._with_gradients)
+    self._optimizer.apply_gradients(
+        [(self._sums[i].read_value() / self._steps, self._variables[i]) for i in used])
+    for i in used:
+      self._sums[i].assign(tf.zeros_like(self._sums[i]))
+
+
+class AccumulatingTrainer(base_trainer.Trainer):
+  """Model Garden's trainer with `trainer.gradient_accumulation_steps` = k.
+
+  One `train_step` (one global step) runs the task's own `train_step` on k
+  micro-batches with a `GradientAccumulator` as its optimizer, then takes one
+  optimizer step on the mean of their gradients: the step of one k-times larger
+  batch for losses that average over examples (the reported training loss and
+  metrics cover all k micro-batches). A loss normalized over its batch (e.g.
+  RetinaNet's division by the positive anchors) normalizes per micro-batch.
+  Batch norm sees micro-batch statistics and updates its moving averages each
+  micro-batch. Loss scaling (mixed_float16) is not supported.
+  """
+
+  def __init__(self, config, task, model, optimizer, **kwargs):
+    self._accumulation_steps = configs.accumulation_steps(config)
+    if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+      raise ValueError(
+          f"trainer.gradient_accumulation_steps={self._accumulation_steps} does not support "
+          f"loss scaling (runtime.mixed_precision_dtype=float16): use bfloat16 or float32")
+    if not model.trainable_variables:
+      raise ValueError("gradient accumulation needs a built model: "
+                       "task.build_model() returned one without trainable variables")
+    super().__init__(config, task, model, optimizer, **kwargs)
+    self._accumulator = GradientAccumulator(optimizer, model.trainable_variables,
+                                            self._accumulation_steps)
+
+  def train_step(self, iterator):
+    """k micro-batches, one optimizer step, one global step."""
+    task_train_step = self.task.train_step
+    if self.config.runtime.enable_xla and self.config.runtime.num_gpus > 0:
+      task_train_step = tf.function(task_train_step, jit_compile=True)
+
+    def micro_step(inputs):
+      logs = task_train_step(inputs, model=self.model, optimizer=self._accumulator,
+                             metrics=self.train_metrics)
+      self._train_loss.update_state(logs[self.task.loss])
+
+    def body(i):
+      self.strategy.run(micro_step, args=(self.next_train_inputs(iterator),),
+                        options=self._runtime_options)
+      return (i + 1,)
+
+    tf.while_loop(lambda i: i < self._accumulation_steps, body, (tf.constant(0),))
+    self.strategy.run(self._accumulator.apply, options=self._runtime_options)
+    self.global_step.assign_add(1)
 
 
 def define_flags() -> None:
@@ -244,12 +342,19 @@ def run(params, model_dir: str, mode: str = "train_and_eval", seed: int | None =
 
 
 def _run_experiment(strategy, params, model_dir: str, mode: str, timing: dict):
-  """Model Garden's driver over a task built in `strategy`'s scope, timed."""
+  """Model Garden's driver over a task built in `strategy`'s scope, timed; its
+  trainer accumulates gradients when the config asks for it."""
+  trainer = None
   with strategy.scope():
     task = task_factory.get_task(params.task, logging_dir=model_dir)
+    if configs.accumulation_steps(params) > 1:
+      trainer = train_utils.create_trainer(
+          params, task, train="train" in mode, evaluate="eval" in mode,
+          checkpoint_exporter=train_lib.maybe_create_best_ckpt_exporter(params, model_dir),
+          trainer_cls=AccumulatingTrainer)
   return train_lib.run_experiment(
       distribution_strategy=strategy, task=task, mode=mode, params=params, model_dir=model_dir,
-      controller_cls=functools.partial(_TimedController, timing=timing))
+      trainer=trainer, controller_cls=functools.partial(_TimedController, timing=timing))
 
 
 def write_eval_metrics(model_dir: str, logs: dict, checkpoint: str | None) -> None:

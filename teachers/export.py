@@ -64,7 +64,7 @@ def _write_metadata(export_dir: str, teacher, params, version: str, class_names,
       task=teacher.TASK, experiment=teacher.EXPERIMENT, version=version,
       input_size=list(params.task.model.input_size[:2]), size_policy=size_policy,
       num_classes=getattr(params.task.model, "num_classes", None), class_names=class_names,
-      train_batch_size=params.task.train_data.global_batch_size,
+      train_batch_size=configs.effective_batch_size(params),
       train_learning_rate=configs.initial_learning_rate(params.trainer), source=source)
   metadata.write(export_dir)
   return dataclasses.asdict(metadata)

@@ -133,11 +133,13 @@ def resolve_loss_weights(params: cfg.ExperimentConfig) -> dict[str, float]:
   """Fills in every head's unset loss weight (the paper's rule); returns them all.
 
   w_i = (b_s * lr_i) / (b_i * lr_s) for heads whose task follows the teacher
-  rule and whose teacher is in `task.teachers`; 1.0 for the others (depth, or
+  rule and whose teacher is in `task.teachers`; b_s is the student's effective
+  batch (`configs.effective_batch_size`: the batch times
+  `trainer.gradient_accumulation_steps`), as teachers record theirs; 1.0 for the others (depth, or
   a task without teacher metadata). Weights set in the config are kept.
   """
   metadata = _teacher_metadata(params.task.teachers)
-  student_batch = params.task.train_data.global_batch_size
+  student_batch = configs.effective_batch_size(params)
   student_lr = configs.initial_learning_rate(params.trainer)
   weights = {}
   check_heads(params.task.model)

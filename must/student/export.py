@@ -92,7 +92,7 @@ def export_student(model_dir: str, export_dir: str, *, checkpoint_path: str | No
                          "class_names": class_names if head.num_classes else None,
                          "loss_weight": task.loss_weights[head.task]}
              for head in params.task.model.heads},
-      train_batch_size=params.task.train_data.global_batch_size,
+      train_batch_size=configs.effective_batch_size(params),
       train_learning_rate=configs.initial_learning_rate(params.trainer),
       backbone_checkpoint=os.path.join(BACKBONE_DIR, "ckpt-1"),
       source=os.path.abspath(checkpoint))
