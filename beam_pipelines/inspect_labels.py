@@ -141,7 +141,7 @@ def rank(example: shards.LabeledExample, config: Mapping[str, Any],
   return first, sample_rank(example, config["seed"])
 
 
-def draw_sheet(sample: Sequence[tuple[int, shards.LabeledExample]],
+def draw_sheet(sample: Sequence[tuple[Any, shards.LabeledExample]],
                config: Mapping[str, Any]) -> np.ndarray:
   """The contact sheet of the sampled examples, in sample order."""
   tasks = schema_lib.Schema(config["task_params"]).tasks
@@ -175,7 +175,7 @@ def _save(image: np.ndarray, path: str) -> None:
 
 
 def make_report(_, records_in: int, images: int, matching: int, reasons: dict,
-                sample: Sequence[tuple[int, shards.LabeledExample]], task_stats: dict,
+                sample: Sequence[tuple[Any, shards.LabeledExample]], task_stats: dict,
                 config: Mapping[str, Any]) -> str:
   """The run's report as JSON text."""
   dead = sum(reasons.values())

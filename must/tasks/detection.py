@@ -337,9 +337,9 @@ class Detection(base.Task):
              zip(base.QUALITY_THRESHOLDS, precision, recall, f1, kept)]
     best = int(np.argmax(f1))
     return {"curve": curve,
-            "suggested": {"threshold": "min_score", "value": base.QUALITY_THRESHOLDS[best],
-                          "criterion": f"the min_score of the highest F1 at IoU {MATCH_IOU}",
-                          **curve[best]},
+            "suggested": {**curve[best], "threshold": "min_score",
+                          "value": base.QUALITY_THRESHOLDS[best],
+                          "criterion": f"the min_score of the highest F1 at IoU {MATCH_IOU}"},
             "plot": {"title": f"boxes at IoU {MATCH_IOU}", "x": "min_score", "y": "",
                      "series": {name: [list(base.QUALITY_THRESHOLDS), values.tolist()]
                                 for name, values in (("precision", precision),
