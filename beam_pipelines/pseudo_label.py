@@ -578,7 +578,7 @@ class MakeExamplesFn(beam.DoFn):
     self.config = config
 
   def setup(self):
-    self.scores = self.config["options"].get("quality") == quality.ON
+    self.scores = self.config.get("options", {}).get("quality") == quality.ON
     self.truth_decoder = quality.TruthDecoder(self.config["task_params"])
     self.schema = schema_lib.Schema(self.config["task_params"])
     self.teachers = {t["task"]: t for t in self.config["teachers"]}

@@ -16,6 +16,7 @@ from beam_pipelines import inspect_labels
 from beam_pipelines import pseudo_label
 from beam_pipelines import quality
 from must import cli
+from must import report
 from must import schema as schema_lib
 from must.tasks import base
 from must.tasks import classification
@@ -259,3 +260,11 @@ def test_uncertainty_sort_puts_the_least_sure_first(tmp_path):
                                "--sort_by=uncertainty"])
   expected = sorted(entropy, key=lambda n: -entropy[n])[:3]
   assert report["sampled_ids"] == expected
+
+
+def test_the_report_tabulates_the_suggested_thresholds(scored):
+  _, quality_report, _, _ = scored
+  table = report.label_quality_table(quality_report)
+  assert "| detection | 4 | AP 0.667 | min_score 0.0 |" in table
+  assert "| segmentation | 4 | miou 0.500 | min_confidence 0.5 | accuracy 1.000" in table
+  assert "| depth | 4 | delta_1.25 1.000 | none |" in table
