@@ -3,7 +3,7 @@
   python -m beam_pipelines.inspect_labels --runner=DirectRunner \\
       --input_pattern 'out/pseudo_labeled/pseudo_labeled-*.tfrecord' \\
       --output_dir out/inspect [--num_images 8] [--seed 0] \\
-      [--classes cube,torus] [--min_score 0.5 --max_score 0.6]
+      [--classes cube,torus] [--min_score 0.5 --max_score 0.6] [--sort_by uncertainty]
 
 (Not `inspect.py`: that would shadow the standard library's module.) A Beam
 pipeline with the labeling pipeline's runner options, reading the shards like
@@ -25,8 +25,12 @@ those that pass the filters: the same seed and shards give the same sheet, and
 a sheet of N images is the first N of a larger one. Filters: `--classes` keeps
 images with a top-1 class, a box or mask pixels of one of the classes;
 `--min_score` / `--max_score` keep images with a top-1 probability or box score
-in that range (both together: one label that passes both). The statistics
-cover every image read, not only the sample.
+in that range (both together: one label that passes both). With `--sort_by
+uncertainty` the sheet shows the most uncertain images first, the ones a
+person should look at: the mean over an image's pseudo labels of each task's
+`Task.uncertainty` (the entropy of a class distribution, 1 - the mean box
+score, the fraction of ignored pixels), ties broken by the seeded hash. The
+statistics cover every image read, not only the sample.
 """
 import argparse
 import json
@@ -40,6 +44,7 @@ import numpy as np
 import must  # noqa: F401  (legacy Keras switch before TensorFlow loads)
 from beam_pipelines import common
 from beam_pipelines import pseudo_label
+from beam_pipelines import quality
 from beam_pipelines import run_dir
 from beam_pipelines import shards
 from must import cli
@@ -51,6 +56,7 @@ LABEL_STATS_FILE = "label_stats.png"
 REPORT_FILE = "inspect.json"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"
 _NAMESPACE = "inspect_labels"
+SAMPLE, UNCERTAINTY = "sample", "uncertainty"  # --sort_by
 
 
 class InspectOptions(shards.LabeledShardsOptions, pipeline_options.PipelineOptions):
@@ -65,6 +71,9 @@ class InspectOptions(shards.LabeledShardsOptions, pipeline_options.PipelineOptio
                         help="Highest top-1 probability / box score of the images shown.")
     parser.add_argument("--scale", type=int, default=2,
                         help="Upscaling of the contact sheet's panels.")
+    parser.add_argument("--sort_by", default=SAMPLE, choices=(SAMPLE, UNCERTAINTY),
+                        help="sample: the seeded sample; uncertainty: the images whose "
+                        "pseudo labels are the most uncertain, most uncertain first.")
 
 
 def run_config(options: pipeline_options.PipelineOptions) -> dict[str, Any]:
@@ -80,7 +89,7 @@ def run_config(options: pipeline_options.PipelineOptions) -> dict[str, Any]:
       "filters": {"classes": shards.parse_classes(view.classes, config["categories"]),
                   "min_score": view.min_score, "max_score": view.max_score},
       "num_images": view.num_images, "seed": view.seed, "scale": view.scale,
-      "top_k": view.top_k,
+      "top_k": view.top_k, "sort_by": view.sort_by,
       "runner": options.view_as(pipeline_options.StandardOptions).runner})
   return config
 
@@ -117,19 +126,37 @@ def sample_rank(example: shards.LabeledExample, seed: int) -> int:
   return common.stable_hash(f"{seed}:{example.id}")
 
 
-def draw_sheet(sample: Sequence[tuple[int, shards.LabeledExample]],
+def example_uncertainty(example: shards.LabeledExample, tasks: Mapping[str, Any]) -> float:
+  """The mean `Task.uncertainty` of the example's pseudo labels (ground truth is certain)."""
+  return quality.uncertainty({t: label for t, label in example.labels.items()
+                              if example.provenance[t].source == schema_lib.PSEUDO}, tasks)
+
+
+def rank(example: shards.LabeledExample, config: Mapping[str, Any],
+         tasks: Mapping[str, Any]) -> tuple[float, int]:
+  """The example's place on the sheet (smallest first): (-uncertainty, hash)
+  with --sort_by uncertainty, else (0, hash)."""
+  first = (-example_uncertainty(example, tasks)
+           if config.get("sort_by") == UNCERTAINTY else 0.0)
+  return first, sample_rank(example, config["seed"])
+
+
+def draw_sheet(sample: Sequence[tuple[Any, shards.LabeledExample]],
                config: Mapping[str, Any]) -> np.ndarray:
   """The contact sheet of the sampled examples, in sample order."""
   tasks = schema_lib.Schema(config["task_params"]).tasks
   rows = []
-  for _, example in sorted(sample, key=lambda item: item[0]):
+  by_uncertainty = config.get("sort_by") == UNCERTAINTY
+  for order, example in sorted(sample, key=lambda item: item[0]):
     source = example.source_path.rsplit("/", 1)[-1] or example.path
     sources = ",".join(f"{t}:{example.provenance[t].source[0]}" for t in sorted(example.labels))
-    rows.append((f"{example.id}  {source}  [{sources}]", visualize.labels_panels(
+    shown = f"  uncertainty {-order[0]:.2f}" if by_uncertainty else ""
+    rows.append((f"{example.id}  {source}  [{sources}]{shown}", visualize.labels_panels(
         example.image, example.labels, tasks, config["categories"], scale=config["scale"],
         top_k=config["top_k"])))
   filters = {k: v for k, v in config["filters"].items() if v not in (None, 0.0, 1.0)}
-  title = (f"{len(rows)} images, seed {config['seed']}"
+  title = (f"{len(rows)} images, " + ("most uncertain first" if by_uncertainty else
+                                       f"seed {config['seed']}")
            + (f", filters {filters}" if filters else "") + "  (p = pseudo, g = ground truth)")
   if not rows:
     return visualize.caption(np.full([16, 400, 3], 255, np.uint8),
@@ -148,7 +175,7 @@ def _save(image: np.ndarray, path: str) -> None:
 
 
 def make_report(_, records_in: int, images: int, matching: int, reasons: dict,
-                sample: Sequence[tuple[int, shards.LabeledExample]], task_stats: dict,
+                sample: Sequence[tuple[Any, shards.LabeledExample]], task_stats: dict,
                 config: Mapping[str, Any]) -> str:
   """The run's report as JSON text."""
   dead = sum(reasons.values())
@@ -186,9 +213,8 @@ class Inspect(beam.PTransform):
              | "ExampleStats" >> beam.Map(example_stats, tasks)
              | "TaskStats" >> pseudo_label.LabelStats(config["task_params"]))
     matching = examples | "Filter" >> beam.Filter(matches, config["filters"], tasks)
-    seed = config["seed"]
     sample = (matching
-              | "Rank" >> beam.Map(lambda e: (sample_rank(e, seed), e))
+              | "Rank" >> beam.Map(lambda e: (rank(e, config, tasks), e))
               | "Sample" >> beam.combiners.Top.Of(config["num_images"], key=lambda r: r[0],
                                                   reverse=True))
     (sample

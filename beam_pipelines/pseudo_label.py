@@ -70,6 +70,7 @@ import must  # noqa: F401  (legacy Keras switch before TensorFlow loads)
 from beam_pipelines import common
 from beam_pipelines import decode
 from beam_pipelines import inference
+from beam_pipelines import quality
 from beam_pipelines import run_dir
 from must import cli
 from must import configs
@@ -125,6 +126,11 @@ class PseudoLabelOptions(common.DataOptions, pipeline_options.PipelineOptions):
                         help="A published run's output dir: its labels of images of the "
                         "same content id are reused for every task whose teacher, version, "
                         "thresholds and parameters are unchanged; the rest is labeled.")
+    parser.add_argument("--quality", default=quality.AUTO,
+                        choices=(quality.AUTO, quality.ON, quality.OFF),
+                        help="Score the teachers' outputs against the ground truth of the "
+                        "input (before it replaces them) into quality.json and quality.png; "
+                        "auto: with --input_format tfrecord (images carry no ground truth).")
     parser.add_argument("--resume", action="store_true",
                         help="Keep and reuse the checkpoints a killed run into --output_dir "
                         "committed, labeling only what it had not finished.")
@@ -572,6 +578,8 @@ class MakeExamplesFn(beam.DoFn):
     self.config = config
 
   def setup(self):
+    self.scores = self.config.get("options", {}).get("quality") == quality.ON
+    self.truth_decoder = quality.TruthDecoder(self.config["task_params"])
     self.schema = schema_lib.Schema(self.config["task_params"])
     self.teachers = {t["task"]: t for t in self.config["teachers"]}
     self.provenance = {t["task"]: schema_lib.Provenance.pseudo(t["name"], t["version"])
@@ -589,6 +597,7 @@ class MakeExamplesFn(beam.DoFn):
     element, outputs = item
     try:
       record, stats = self._make(element, outputs)
+      scored = self._scored(element, outputs) if self.scores else []
     except Exception as e:  # pylint: disable=broad-except  (one image never fails the job)
       self.failed.inc()
       self.progress.add("labeling failures")
@@ -597,7 +606,20 @@ class MakeExamplesFn(beam.DoFn):
       return
     self.out.inc()
     self.progress.add("images labeled")
+    for item in scored:
+      yield beam.pvalue.TaggedOutput(quality.QUALITY, item)
     yield element.id, (element.path, record, stats)
+
+  def _scored(self, element: decode.Decoded, outputs: Mapping[str, Any]) -> list:
+    """(task, (ground truth, teacher outputs with dense maps at the image size)) of
+    each task with both, for `quality.LabelQuality`."""
+    tasks = [t for t in decode.ground_truth_tasks(element.example) if t in outputs]
+    if not tasks:
+      return []
+    truths = self.truth_decoder(element.example, tasks, element.image_size)
+    return [(task, (truths[task], inference.resize_outputs(
+        outputs[task], self.teachers[task]["input_size"], element.image_size)))
+            for task in tasks]
 
   def _stats_of(self, example: tf.train.Example, tasks: frozenset) -> dict[str, dict]:
     """The label stats of reused labels, decoded from the example."""
@@ -804,7 +826,10 @@ class PseudoLabel(beam.PTransform):
     else:
       inferred = run_teachers(read["decoded"], {s.task for s in specs})
     made = inferred | "MakeExamples" >> beam.ParDo(MakeExamplesFn(self.config)).with_outputs(
-        decode.DEAD_LETTERS, main="records")
+        decode.DEAD_LETTERS, quality.QUALITY, main="records")
+    if options.get("quality") == quality.ON:
+      made[quality.QUALITY] | "LabelQuality" >> quality.LabelQuality(
+          self.config["task_params"], output_dir)
     made_records = made.records
     if self.checkpoints and options.get("checkpoint_every"):
       made_records = made_records | "Checkpoint" >> beam.ParDo(
@@ -854,9 +879,24 @@ def run_config(options: PseudoLabelOptions) -> dict:
       "previous_output": view.previous_output, "resume": view.resume,
       "checkpoint_every": view.checkpoint_every,
       "teachers_config": view.teachers_config,
+      "quality": resolve_quality(view.quality, view.input_format),
       "runner": options.view_as(pipeline_options.StandardOptions).runner,
   }
   return config
+
+
+def resolve_quality(flag: str, input_format: str) -> str:
+  """--quality as run: auto is on for TFRecord input, off for image files.
+
+  Raises:
+    cli.UserError: --quality on with image files, which carry no ground truth.
+  """
+  if flag == quality.ON and input_format != TFRECORD:
+    raise cli.UserError("--quality on needs --input_format tfrecord: image files carry no "
+                        "ground truth to score the pseudo labels against")
+  if flag == quality.AUTO:
+    return quality.ON if input_format == TFRECORD else quality.OFF
+  return flag
 
 
 def failure_budget_error(summary: Mapping[str, Any], max_fraction: float) -> str | None:

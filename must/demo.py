@@ -231,6 +231,10 @@ BACKBONE_FROM = "backbone_from"  # teachers.yaml: start a teacher's backbone fro
 EXPERIMENT = "experiment"
 
 
+QUALITY_SPLIT = "corpus_partial"  # the world split the teachers' label quality is scored on
+QUALITY_STAGE_DIR = "pseudo_label_quality"
+
+
 @dataclasses.dataclass
 class PseudoLabelStage(hyperparams.Config):
   """pseudo_label.yaml: images per teacher call, and each task's thresholds
@@ -367,10 +371,20 @@ def _run_pseudo_label(ctx: Context) -> dict:
                      for task, path in exports.items()],
         "thresholds": {task: value for task, value in (settings.get("thresholds") or {}).items()
                        if task in exports}}, f)
-  ctx.run({"pseudo_label": [
+  runs = {"pseudo_label": [
       "beam_pipelines.pseudo_label", "--runner=DirectRunner",
       f"--input_pattern={ctx.world['splits']['corpus']['pattern']}",
-      f"--teachers_config={teachers_config}", f"--output_dir={stage_dir}", "--overwrite"]})
+      f"--teachers_config={teachers_config}", f"--output_dir={stage_dir}", "--overwrite"]}
+  # The corpus is images, without ground truth: the teachers' label quality is
+  # scored on the partially labeled corpus (a second, small run; its records unused).
+  partial = ctx.world["splits"].get(QUALITY_SPLIT, {})
+  quality_dir = ctx.path(QUALITY_STAGE_DIR)
+  if partial.get("count"):
+    runs["pseudo_label_quality"] = [
+        "beam_pipelines.pseudo_label", "--runner=DirectRunner",
+        f"--input_pattern={partial['pattern']}", "--input_format=tfrecord", "--quality=on",
+        f"--teachers_config={teachers_config}", f"--output_dir={quality_dir}", "--overwrite"]
+  ctx.run(runs)
   summary_path = os.path.join(stage_dir, "summary.json")
   with open(summary_path) as f:
     summary = json.load(f)
@@ -379,8 +393,11 @@ def _run_pseudo_label(ctx: Context) -> dict:
     raise cli.JobFailed(f"pseudo_label: {summary_path}: {counts['examples_out']} examples out "
                         f"of {counts['images_in']} images (balanced: {counts['balanced']}); "
                         f"dead letter reasons: {summary['dead_letter_reasons']}")
+  quality_file = os.path.join(quality_dir, "quality.json")
   return {"counts": summary["counts"],
-          "shards": os.path.join(stage_dir, "pseudo_labeled-*.tfrecord")}
+          "shards": os.path.join(stage_dir, "pseudo_labeled-*.tfrecord"),
+          **({"quality": quality_file, "quality_split": QUALITY_SPLIT}
+             if "pseudo_label_quality" in runs else {})}
 
 
 def _student_training(ctx: Context, model_dir: str, tasks: list[str], train_split: str | None,
@@ -529,6 +546,13 @@ def _run_report(ctx: Context) -> dict:
   for seed, seed_ctx in by_seed.items():
     with open(seed_ctx.path("pseudo_label", "summary.json")) as f:
       pseudo_labels[seed] = json.load(f)["tasks"]
+  label_quality = None
+  quality_file = summaries[ctx.seeds[0]]["pseudo_label"].get("quality")
+  if quality_file and os.path.exists(quality_file):  # the first seed's, as the sheet
+    with open(quality_file) as f:
+      label_quality = json.load(f)
+    shutil.copy(os.path.join(os.path.dirname(quality_file), "quality.png"),
+                os.path.join(report_dir, report.QUALITY_PLOT))
   skipped = {}
   for seed in ctx.seeds:
     skipped.update(summaries[seed]["transfer"]["skipped"])
@@ -541,7 +565,8 @@ def _run_report(ctx: Context) -> dict:
       transfer_skipped=skipped, transfer_claim_config=ctx.config("transfer.yaml").get("claim"),
       reproduce=f"python -m must.demo --config_dir={ctx.config_dir} "
                 f"--output_dir={ctx.output_dir} --seeds={','.join(map(str, ctx.seeds))}",
-      pseudo_labels=pseudo_labels)
+      pseudo_labels=pseudo_labels, label_quality=label_quality,
+      label_quality_split=summaries[ctx.seeds[0]]["pseudo_label"].get("quality_split", ""))
   print(text)
   return {"report": os.path.join(report_dir, report.REPORT_FILE), "seeds": list(ctx.seeds)}
 

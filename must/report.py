@@ -7,7 +7,7 @@ the paper's claims gets a `verdict`.
 """
 import math
 import os
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import matplotlib
 import tensorflow as tf
@@ -20,6 +20,7 @@ from must import tasks
 REPORT_FILE = "report.md"
 FIGURE_FILE = "metrics.png"
 PSEUDO_LABEL_SHEET = "pseudo_labels/contact_sheet.png"
+QUALITY_PLOT = "label_quality.png"  # the labeling run's quality.png, copied beside the report
 CLAIM_RATIO = 0.9  # the student should reach this fraction of each teacher's metric
 COMMANDS_FILE = "commands.sh"
 
@@ -264,6 +265,30 @@ def pseudo_label_summary(task_stats: Mapping[str, Mapping]) -> str:
   return "\n".join(lines)
 
 
+def _number(value) -> str:
+  return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def label_quality_table(quality: Mapping[str, Any]) -> str:
+  """A Markdown table of a labeling run's quality.json: per task the images
+  scored, its primary metric on the teachers' outputs, and the suggested
+  threshold with what it keeps and its criterion."""
+  rows = ["| task | images | metric | suggested threshold | there | criterion |",
+          "|---|---|---|---|---|---|"]
+  for task, stats in sorted(quality.get("tasks", {}).items()):
+    primary = stats.get("primary_metric", "")
+    metric = f"{primary} {_number(stats.get('metric', {}).get(primary, ''))}"
+    suggested = stats.get("suggested")
+    if suggested:
+      there = ", ".join(f"{k} {_number(v)}" for k, v in sorted(suggested.items())
+                        if k not in ("threshold", "value", "criterion"))
+      rows.append(f"| {task} | {stats['images']} | {metric} | {suggested['threshold']} "
+                  f"{suggested['value']} | {there} | {suggested['criterion']} |")
+    else:
+      rows.append(f"| {task} | {stats['images']} | {metric} | none | | no threshold |")
+  return "\n".join(rows)
+
+
 def timing_rows(records: Iterable[Mapping]) -> list[dict]:
   """Per-stage timings summed over runs (seeds), then a total row.
 
@@ -388,13 +413,30 @@ def _every_metric(teachers: Seeded, student: Seeded) -> str:
                    for task in tasks_seen)
 
 
+def _quality_section(quality: Mapping[str, Any] | None, split: str) -> str:
+  if not quality:
+    return ""
+  return f"""## Pseudo-label quality against ground truth
+
+The teachers labeled the {split or 'labeled'} images too and were scored against their
+ground truth (`quality.json` of that run): the metric on the teachers' raw outputs,
+and the threshold the criterion suggests, with what the pseudo labels reach there.
+
+{label_quality_table(quality)}
+
+![label quality]({QUALITY_PLOT})
+"""
+
+
 def write(report_dir: str, teachers: Seeded, student: Seeded,
           timings: Iterable[Mapping], baselines: Seeded | None = None,
           transfer: Seeded | None = None,
           transfer_skipped: Mapping[str, str] | None = None,
           transfer_claim_config: Mapping | None = None,
           reproduce: str = "make demo",
-          pseudo_labels: Seeded | None = None) -> str:
+          pseudo_labels: Seeded | None = None,
+          label_quality: Mapping[str, Any] | None = None,
+          label_quality_split: str = "") -> str:
   """Writes report.md and metrics.png; returns the Markdown.
 
   Args:
@@ -411,6 +453,8 @@ def write(report_dir: str, teachers: Seeded, student: Seeded,
     reproduce: the command that reran this demo; every binary it ran is
       listed in `commands.sh` beside the report.
     pseudo_labels: seed -> per-task label statistics of the pseudo-labeling run.
+    label_quality: a labeling run's quality.json (its plot copied to
+      `QUALITY_PLOT` in `report_dir`), scored on `label_quality_split`.
   """
   tf.io.gfile.makedirs(report_dir)
   seeds = list(teachers)
@@ -470,6 +514,8 @@ Every metric:
 {labels}
 
 ![pseudo labels]({PSEUDO_LABEL_SHEET})
+
+{_quality_section(label_quality, label_quality_split)}
 
 ## Timings
 

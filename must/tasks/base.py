@@ -22,6 +22,11 @@ BELOW_MIN_SCORE = "below_min_score"
 CLASS_NOT_SELECTED = "class_not_selected"
 NO_BOXES = "no_boxes"
 SCORE_BINS = 10  # bins of the score histograms of `Task.label_stats`
+# The thresholds (min score / min confidence) at which `Task.quality_stats` scores
+# pseudo labels against ground truth, and the accuracy a kept label must reach
+# for the suggested confidence threshold (`confidence_quality_summary`).
+QUALITY_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(10))
+TARGET_ACCURACY = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +94,17 @@ class Metric(abc.ABC):
   @abc.abstractmethod
   def result(self) -> dict[str, float]:
     """The metric values over every image added so far."""
+
+  # The attributes that hold the accumulated state, summed by `merge`.
+  state_fields: ClassVar[tuple[str, ...]] = ()
+
+  def merge(self, other: "Metric") -> "Metric":
+    """Adds `other`'s images to this accumulator (a Beam combiner's merge); returns self."""
+    if not self.state_fields:
+      raise NotImplementedError(f"{type(self).__name__} cannot merge")
+    for field in self.state_fields:
+      setattr(self, field, getattr(self, field) + getattr(other, field))
+    return self
 
 
 class Task(abc.ABC):
@@ -288,6 +304,35 @@ class Task(abc.ABC):
     del totals
     return {}
 
+  # -- Label quality against ground truth, uncertainty (NumPy, inside Beam) ----
+
+  def quality_stats(self, truth: Mapping[str, Any], outputs: Mapping[str, np.ndarray],
+                    metric: Metric) -> dict[str, Any]:
+    """One image's pseudo labels at `QUALITY_THRESHOLDS` scored against its ground
+    truth: numbers the labeling run sums over images (as `label_stats`).
+
+    Args:
+      truth: this task's part of `Schema.decode` (NumPy) plus `image_size`.
+      outputs: the teacher's outputs for the image, dense maps at its size.
+      metric: a `metric()` that has seen this image alone (its `result()` is
+        the image's own score); the run merges it into the sample's metric.
+    """
+    del truth, outputs, metric
+    return {}
+
+  def quality_summary(self, totals: Mapping[str, Any]) -> dict[str, Any]:
+    """Summed `quality_stats` -> {'curve': one dict per threshold, 'suggested':
+    {'threshold', 'value', 'criterion'} or None, 'plot': {'title', 'x', 'y',
+    'series': {name: [[x...], [y...]]}}}; {} when the task has none."""
+    del totals
+    return {}
+
+  def uncertainty(self, label: Any) -> float | None:
+    """How unsure the teacher was of this pseudo label, in [0, 1] (1: the most);
+    None when the label says nothing about it."""
+    del label
+    return None
+
   def title(self, label: Any, names: Sequence[str], top_k: int) -> str:
     """Text for the caption of the image panel ('' for none)."""
     del label, names, top_k
@@ -298,6 +343,64 @@ class Task(abc.ABC):
     """(panel, caption) pairs showing the label on `image` (upscaled by `scale`)."""
     del label, image, names, scale
     return []
+
+
+def confidence_quality(confidence: np.ndarray, correct: np.ndarray) -> dict[str, Any]:
+  """Summable reliability numbers of labels with `confidence` (top-class
+  probability) and whether each is `correct`: per confidence bin (of
+  `SCORE_BINS` over [0, 1]) the count, the correct and the summed confidence;
+  per threshold of `QUALITY_THRESHOLDS` the labels kept (confidence >= it) and
+  the correct among them."""
+  confidence = np.clip(np.asarray(confidence, np.float64).reshape(-1), 0.0, 1.0)
+  correct = np.asarray(correct, bool).reshape(-1)
+  bins = np.minimum((confidence * SCORE_BINS).astype(int), SCORE_BINS - 1)
+  kept = confidence[None, :] >= np.asarray(QUALITY_THRESHOLDS)[:, None] - 1e-6
+  return {
+      "bin_count": np.bincount(bins, minlength=SCORE_BINS).tolist(),
+      "bin_correct": np.bincount(bins, correct, minlength=SCORE_BINS).astype(int).tolist(),
+      "bin_confidence": np.bincount(bins, confidence, minlength=SCORE_BINS).tolist(),
+      "kept": kept.sum(1).tolist(),
+      "kept_correct": (kept & correct[None, :]).sum(1).tolist(),
+  }
+
+
+def confidence_quality_summary(totals: Mapping[str, Any], threshold: str,
+                               unit: str) -> dict[str, Any]:
+  """`quality_summary` of summed `confidence_quality` numbers: accuracy of the
+  kept labels per threshold, a reliability diagram, the expected calibration
+  error, and the suggested `threshold`: the lowest (keeping the most `unit`s)
+  whose kept labels reach `TARGET_ACCURACY`, else the most accurate one."""
+  count, correct = np.asarray(totals["bin_count"], float), np.asarray(totals["bin_correct"], float)
+  confidence = np.asarray(totals["bin_confidence"], float)
+  kept, kept_correct = np.asarray(totals["kept"], float), np.asarray(totals["kept_correct"], float)
+  total = max(count.sum(), 1.0)
+  accuracy = np.divide(kept_correct, kept, out=np.zeros_like(kept), where=kept > 0)
+  curve = [{"threshold": t, "kept_fraction": float(k / total), "accuracy": float(a)}
+           for t, k, a in zip(QUALITY_THRESHOLDS, kept, accuracy)]
+  seen = count > 0
+  bin_accuracy = correct[seen] / count[seen]
+  bin_confidence = confidence[seen] / count[seen]
+  criterion = (f"the lowest {threshold} whose kept {unit}s are >= {TARGET_ACCURACY:.0%} "
+               "correct (keeping the most)")
+  good = [i for i in range(len(curve)) if kept[i] > 0 and accuracy[i] >= TARGET_ACCURACY]
+  if good:
+    best = good[0]
+  else:
+    best = int(np.argmax(accuracy))
+    criterion += f"; none reaches it: the most accurate {threshold}"
+  return {
+      "curve": curve,
+      "expected_calibration_error": float(
+          np.sum(count[seen] * np.abs(bin_accuracy - bin_confidence)) / total),
+      "suggested": {**curve[best], "threshold": threshold, "value": QUALITY_THRESHOLDS[best],
+                    "criterion": criterion},
+      "plot": {"title": f"reliability ({unit}s)", "x": "confidence", "y": "accuracy",
+               "diagonal": True,
+               "series": {"accuracy per confidence bin": [bin_confidence.tolist(),
+                                                          bin_accuracy.tolist()],
+                          f"accuracy of kept {unit}s vs {threshold}": [
+                              list(QUALITY_THRESHOLDS), accuracy.tolist()]}},
+  }
 
 
 def check_dense_shape(name: str, array: np.ndarray, image_size: tuple[int, int]) -> None:

@@ -176,6 +176,22 @@ class Classification(base.Task):
   def label_stats(self, label):
     return {"class_histogram": {int(np.argmax(label.probs)): 1}}
 
+  def quality_stats(self, truth, outputs, metric):
+    """Reliability of the top-1 class (`base.confidence_quality`), kept when its
+    probability reaches a threshold (the export's `min_score`)."""
+    probs = np.asarray(outputs["probs"], np.float64).reshape(-1)
+    return base.confidence_quality([probs.max()], [metric.result()["top1"] == 1.0])
+
+  def quality_summary(self, totals):
+    return base.confidence_quality_summary(totals, "min_score", "image")
+
+  def uncertainty(self, label):
+    """The entropy of the distribution over the log of the number of classes."""
+    probs = np.asarray(label.probs, np.float64)
+    probs = probs[probs > 0] / max(probs.sum(), 1e-12)
+    return float(-(probs * np.log(probs)).sum() / np.log(self.num_classes)) if (
+        self.num_classes > 1) else 0.0
+
   def title(self, label, names, top_k):
     probs = np.asarray(label.probs)
     return " ".join(f"{names[i] if i < len(names) else i}:{probs[i]:.2f}"
@@ -184,6 +200,8 @@ class Classification(base.Task):
 
 class TopOneAccuracy(base.Metric):
   """Top-1 accuracy of `probs` against the label's argmax class."""
+
+  state_fields = ("correct", "count")
 
   def __init__(self):
     self.correct = 0

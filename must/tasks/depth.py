@@ -166,12 +166,37 @@ class Depth(base.Task):
       stats["min"], stats["max"] = float(finite.min()), float(finite.max())
     return stats
 
+  def quality_stats(self, truth, outputs, metric):
+    """The image's AbsRel (after alignment, `DepthMetrics`) in a histogram of
+    `ABS_REL_BINS` bins; depth has no threshold."""
+    del truth, outputs
+    result = metric.result()
+    if not metric.pixels:
+      return {"images_without_depth": 1}
+    return {"abs_rel_histogram": np.histogram(
+        [min(result["abs_rel"], ABS_REL_RANGE - 1e-9)], ABS_REL_BINS,
+        (0.0, ABS_REL_RANGE))[0].tolist()}
+
+  def quality_summary(self, totals):
+    counts = totals.get("abs_rel_histogram", [0] * ABS_REL_BINS)
+    edges = np.linspace(0.0, ABS_REL_RANGE, ABS_REL_BINS + 1)
+    return {"curve": [{"abs_rel_from": float(a), "abs_rel_to": float(b), "images": int(n)}
+                      for a, b, n in zip(edges[:-1], edges[1:], counts)],
+            "suggested": None,
+            "plot": {"title": "per-image depth error", "x": "AbsRel (aligned)", "y": "images",
+                     "bars": True,
+                     "series": {"images": [((edges[:-1] + edges[1:]) / 2).tolist(),
+                                           [int(n) for n in counts]]}}}
+
   def draw(self, label, image, names, scale):
     values = np.asarray(label.depth, np.float32)
     valid = np.isfinite(values)
     colors = visualize.colorize_depth(np.where(valid, values, 0), valid,
                                       inverse=label.kind != "relative_inverse")
     return [(visualize.upscale(colors, scale), "depth")]
+
+
+ABS_REL_BINS, ABS_REL_RANGE = 10, 0.5  # the per-image error histogram of `quality_stats`
 
 
 class DepthMetrics(base.Metric):
@@ -183,6 +208,8 @@ class DepthMetrics(base.Metric):
   turned into depth, and compared on valid pixels. The one depth metric of
   every model: teachers in training and offline, students.
   """
+
+  state_fields = ("abs_rel_sum", "delta_count", "pixels")
 
   def __init__(self, min_depth: float = 1e-3):
     self.min_depth = min_depth

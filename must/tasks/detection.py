@@ -11,6 +11,7 @@ import io
 
 import numpy as np
 from pycocotools import coco
+from pycocotools import mask as coco_mask
 from pycocotools import cocoeval
 import tensorflow as tf
 
@@ -292,10 +293,70 @@ class Detection(base.Task):
   def stats_summary(self, totals):
     return {"boxes_per_image": totals["boxes"] / totals["pseudo"]} if totals.get("pseudo") else {}
 
+  def quality_stats(self, truth, outputs, metric):
+    """Per threshold of `base.QUALITY_THRESHOLDS` (`min_score`): the pseudo
+    boxes kept and those matching a ground-truth box of their class at IoU >=
+    `MATCH_IOU` (greedy by score, each truth matched once, as COCO does); and
+    the ground-truth boxes (crowds left out)."""
+    del metric
+    label = self.pseudo_label(outputs, truth["image_size"], min_score=0.0)
+    height, width = (float(v) for v in truth["image_size"])
+    scale = np.array([height, width, height, width])
+    crowd = np.asarray(truth.get("is_crowd", np.zeros(len(truth["classes"]))), bool)
+    true_boxes = np.asarray(truth["boxes"], np.float64).reshape(-1, 4)[~crowd] * scale
+    true_classes = np.asarray(truth["classes"]).reshape(-1)[~crowd]
+    order = np.argsort(-label.scores, kind="stable")
+    boxes, classes, scores = label.boxes[order] * scale, label.classes[order], label.scores[order]
+
+    def xywh(b):
+      return np.stack([b[:, 1], b[:, 0], b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]], -1)
+    ious = (np.asarray(coco_mask.iou(xywh(boxes), xywh(true_boxes), [0] * len(true_boxes)))
+            .reshape(len(boxes), len(true_boxes)) if len(boxes) and len(true_boxes)
+            else np.zeros([len(boxes), len(true_boxes)]))
+    free, matched = np.ones(len(true_boxes), bool), np.zeros(len(boxes), bool)
+    for i in range(len(boxes)):
+      candidates = np.where(free & (true_classes == classes[i]), ious[i], -1.0)
+      if candidates.size and candidates.max() >= MATCH_IOU:
+        free[int(np.argmax(candidates))] = False
+        matched[i] = True
+    kept = scores[None, :] >= np.asarray(base.QUALITY_THRESHOLDS)[:, None] - 1e-6
+    return {"truths": int(len(true_boxes)), "kept": kept.sum(1).tolist(),
+            "matched": (kept & matched[None, :]).sum(1).tolist()}
+
+  def quality_summary(self, totals):
+    """Precision, recall and F1 at IoU `MATCH_IOU` per `min_score`; suggested:
+    the `min_score` of the highest F1."""
+    kept, matched = np.asarray(totals["kept"], float), np.asarray(totals["matched"], float)
+    truths = float(totals["truths"])
+    precision = np.divide(matched, kept, out=np.zeros_like(kept), where=kept > 0)
+    recall = matched / truths if truths else np.zeros_like(matched)
+    f1 = np.divide(2 * precision * recall, precision + recall,
+                   out=np.zeros_like(precision), where=precision + recall > 0)
+    curve = [{"threshold": t, "precision": float(p), "recall": float(r), "f1": float(f),
+              "boxes": int(k)} for t, p, r, f, k in
+             zip(base.QUALITY_THRESHOLDS, precision, recall, f1, kept)]
+    best = int(np.argmax(f1))
+    return {"curve": curve,
+            "suggested": {**curve[best], "threshold": "min_score",
+                          "value": base.QUALITY_THRESHOLDS[best],
+                          "criterion": f"the min_score of the highest F1 at IoU {MATCH_IOU}"},
+            "plot": {"title": f"boxes at IoU {MATCH_IOU}", "x": "min_score", "y": "",
+                     "series": {name: [list(base.QUALITY_THRESHOLDS), values.tolist()]
+                                for name, values in (("precision", precision),
+                                                     ("recall", recall), ("F1", f1))}}}
+
+  def uncertainty(self, label):
+    """1 - the mean score of the boxes (0 for an image without a box)."""
+    scores = np.asarray(label.scores if label.scores is not None else [], np.float64)
+    return float(1.0 - scores.mean()) if scores.size else 0.0
+
   def draw(self, label, image, names, scale):
     scores = None if label.scores is None else np.asarray(label.scores)
     return [(visualize.draw_boxes(image, np.asarray(label.boxes), np.asarray(label.classes),
                                   names, scores), "boxes")]
+
+
+MATCH_IOU = 0.5  # a pseudo box is right when it overlaps a truth of its class this much
 
 
 class CocoAP(base.Metric):
@@ -329,6 +390,15 @@ class CocoAP(base.Metric):
       self.detections.append({"image_id": image_id, "category_id": int(cls),
                               "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
                               "score": float(score)})
+
+  def merge(self, other):
+    """Adds `other`'s images, renumbering their image and annotation ids."""
+    offset, first = len(self.images), len(self.truths)
+    self.images += [{**image, "id": image["id"] + offset} for image in other.images]
+    self.truths += [{**truth, "id": truth["id"] + first, "image_id": truth["image_id"] + offset}
+                    for truth in other.truths]
+    self.detections += [{**d, "image_id": d["image_id"] + offset} for d in other.detections]
+    return self
 
   def result(self):
     if not self.truths or not self.detections:

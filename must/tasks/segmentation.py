@@ -180,6 +180,27 @@ class Segmentation(base.Task):
       return {}
     return {"ignored_pixel_fraction": totals["ignored_pixels"] / totals["pixels"]}
 
+  def quality_stats(self, truth, outputs, metric):
+    """Reliability of each labeled pixel's class (`base.confidence_quality`),
+    kept when its confidence reaches a threshold (`min_confidence`)."""
+    del metric
+    mask = np.asarray(truth["mask"]).reshape(-1)
+    valid = mask != IGNORE_LABEL
+    classes = np.asarray(outputs["classes"]).reshape(-1)
+    confidence = np.asarray(outputs["confidence"], np.float64).reshape(-1)
+    if classes.shape != mask.shape:
+      raise ValueError(f"segmentation outputs have {classes.size} pixels, the label "
+                       f"{mask.size}")
+    return base.confidence_quality(confidence[valid], classes[valid] == mask[valid])
+
+  def quality_summary(self, totals):
+    return base.confidence_quality_summary(totals, "min_confidence", "pixel")
+
+  def uncertainty(self, label):
+    """The fraction of pixels the teacher was unsure of (ignored: under
+    `min_confidence`)."""
+    return float(np.mean(np.asarray(label.mask) == IGNORE_LABEL)) if np.size(label.mask) else 0.0
+
   def draw(self, label, image, names, scale):
     mask = visualize.upscale(np.asarray(label.mask), scale)
     return [(visualize.overlay_mask(image, mask, len(names)), "mask")]
@@ -188,6 +209,8 @@ class Segmentation(base.Task):
 class MeanIoU(base.Metric):
   """Mean intersection-over-union of the served `classes` over classes seen in
   labels or predictions; ignored pixels do not count."""
+
+  state_fields = ("confusion",)
 
   def __init__(self, num_classes: int):
     self.num_classes = num_classes

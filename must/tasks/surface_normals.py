@@ -112,6 +112,8 @@ class SurfaceNormals(base.Task):
 class AngularError(base.Metric):
   """Mean angular error (degrees) and the fraction of pixels under 11.25 degrees."""
 
+  state_fields = ("angle_sum", "within", "pixels")
+
   def __init__(self):
     self.angle_sum = 0.0
     self.within = 0
