@@ -108,9 +108,10 @@ def run_main(prog: str, main: Callable[[list[str]], object],
   return call(prog, checked_main, verbose)
 
 
-def run_absl(main: Callable[[list[str]], object]) -> None:
+def run_absl(main: Callable[[list[str]], object], cloud_paths: bool = True) -> None:
   """An absl binary's entry point: flags parsed (unknown or bad ones are user
-  errors), then `main(argv)` under the rule."""
+  errors), then `main(argv)` under the rule. `cloud_paths`: the binary takes
+  gs:// paths, so their credentials are checked first."""
   if "verbose" not in flags.FLAGS:
     flags.DEFINE_bool("verbose", False, "Show the traceback of user errors too.")
   prog = program_name()
@@ -118,7 +119,8 @@ def run_absl(main: Callable[[list[str]], object]) -> None:
   def parse(argv: list[str]) -> list[str]:
     def parsed() -> list[str]:
       rest = flags.FLAGS(argv)
-      check_credentials(argv[1:])
+      if cloud_paths:
+        check_credentials(argv[1:])
       return rest
 
     return call(prog, parsed, VERBOSE_FLAG in argv)

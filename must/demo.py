@@ -755,7 +755,7 @@ def main(argv):
 
 
 def run_cli():
-  cli.run_absl(main)
+  cli.run_absl(main, cloud_paths=False)  # local paths only: main refuses gs:// itself
 
 
 if __name__ == "__main__":

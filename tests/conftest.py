@@ -1,5 +1,7 @@
 """Fixtures shared across the test tree."""
+import concurrent.futures
 import pathlib
+import subprocess
 
 import pytest
 
@@ -31,3 +33,15 @@ def checkpoint_values():
             for name, _ in tf.train.list_variables(checkpoint)
             if name.endswith("VARIABLE_VALUE")}
   return values
+
+
+@pytest.fixture
+def run_concurrently():
+  """commands -> their CompletedProcess (text output), run 4 at a time: each of
+  these short processes spends most of its time importing TensorFlow, mostly on
+  one core."""
+  def run(commands, **kwargs):
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+      return list(pool.map(lambda command: subprocess.run(
+          command, capture_output=True, text=True, **kwargs), commands))
+  return run
