@@ -361,10 +361,11 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_seeded_runs_train_the_same_weights(tiny_world, tmp_path, checkpoint_values):
-  for name in ("first", "again"):
-    result = subprocess.run(_train_command(tmp_path / name, tiny_world) + ["--seed=3"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_seeded_runs_train_the_same_weights(tiny_world, tmp_path, checkpoint_values,
+                                           run_concurrently):
+  for result in run_concurrently(  # at once: determinism holds under load
+      [_train_command(tmp_path / name, tiny_world) + ["--seed=3"] for name in ("first", "again")],
+      cwd=REPO, timeout=300):
     assert result.returncode == 0, result.stderr[-3000:]
   first, again = checkpoint_values(tmp_path / "first"), checkpoint_values(tmp_path / "again")
   assert first.keys() == again.keys() and len(first) > 100

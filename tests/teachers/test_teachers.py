@@ -156,20 +156,19 @@ def test_each_teacher_registers_a_tiny_variant_the_binary_trains():
 
 
 @pytest.mark.slow
-def test_seeded_training_is_reproducible(tiny_world, tmp_path, checkpoint_values):
+def test_seeded_training_is_reproducible(tiny_world, tmp_path, checkpoint_values,
+                                         run_concurrently):
   # The detection teacher: its input pipeline (parallel parsing with random
   # flips and scale jitter) is the one op determinism has to rewrite.
   override = json.dumps(_params("detection", tiny_world).as_dict())
-
-  def train(name: str, seed: int) -> dict[str, np.ndarray]:
-    result = subprocess.run(
-        [sys.executable, "-m", "teachers.train", "--experiment=must_detection_teacher",
-         "--mode=train", f"--model_dir={tmp_path / name}", f"--params_override={override}",
-         f"--seed={seed}"], capture_output=True, text=True, cwd=REPO, timeout=300)
+  runs = {"first": 0, "again": 0, "other": 1}  # run at once: determinism holds under load
+  results = run_concurrently(
+      [[sys.executable, "-m", "teachers.train", "--experiment=must_detection_teacher",
+        "--mode=train", f"--model_dir={tmp_path / name}", f"--params_override={override}",
+        f"--seed={seed}"] for name, seed in runs.items()], cwd=REPO, timeout=300)
+  for result in results:
     assert result.returncode == 0, result.stderr[-3000:]
-    return checkpoint_values(tmp_path / name)
-
-  first, again, other = train("first", 0), train("again", 0), train("other", 1)
+  first, again, other = (checkpoint_values(tmp_path / name) for name in runs)
   assert first.keys() == again.keys() and len(first) > 100
   for name, value in first.items():
     np.testing.assert_array_equal(again[name], value, err_msg=name)
