@@ -101,7 +101,8 @@ class Metric(abc.ABC):
   def merge(self, other: "Metric") -> "Metric":
     """Adds `other`'s images to this accumulator (a Beam combiner's merge); returns self."""
     if not self.state_fields:
-      raise NotImplementedError(f"{type(self).__name__} cannot merge")
+      raise NotImplementedError(f"{type(self).__name__} cannot merge: list its accumulated "
+                                "state in `state_fields`, or override `merge`")
     for field in self.state_fields:
       setattr(self, field, getattr(self, field) + getattr(other, field))
     return self
