@@ -1,15 +1,20 @@
 """The main job: MuST end to end on the embedded default.
 
   python -m must.demo [--config_dir configs/demo] [--output_dir out/demo] [--jobs 2]
-      [--seeds 0,1,2] [--force]
+      [--seeds 0,1,2] [--rounds 2] [--force]
 
 Stages, in order: world, teachers, pseudo_label, student, baselines, transfer,
 report. Each runs the project's binaries as a user would, with its config from
-`--config_dir`: `configs/demo/` is the default setting (about 15 minutes on a
+`--config_dir`: `configs/demo/` is the default setting (about 30 minutes on a
 2-core CPU per seed), `configs/demo_full/` the larger one. Every model trains
 and serves at the world's image size. Independent training runs (the teachers,
 the baselines, the transfer runs) go `--jobs` at a time, each output line
 prefixed with the run's name.
+
+With `--rounds N` (Noisy Student), each seed then runs rounds 2..N: the
+teacher of every task is the previous round's exported student, and a new
+student trains from scratch on its labels with rounds.yaml's noise; the report
+gains each task's metric and the transfer by round.
 
 The world is generated once, with world.yaml's seed. Every later stage but the
 report runs once per training seed of `--seeds` (default: the world's seed),
@@ -21,6 +26,8 @@ range, and a claim holds only if it holds for the means and for every seed
   <output_dir>/world/                    world.done.json, world.commands.sh
   <output_dir>/seed_<s>/teachers/ ...    seed_<s>/<stage>.done.json, .commands.sh
       (teachers, pseudo_label, student, baselines, transfer)
+  <output_dir>/seed_<s>/round_<r>/ ...   with --rounds N, rounds 2..N (teachers: round
+      r-1's student; pseudo_label, student, transfer)
   <output_dir>/report/                   report.md, metrics.png, commands.sh
 
 A stage (per seed) whose output is complete and whose config (and every
@@ -70,6 +77,11 @@ _CONFIG_DIR = flags.DEFINE_string(
     "The stages' configs: configs/demo (default setting) or configs/demo_full (larger).")
 _JOBS = flags.DEFINE_integer("jobs", 2, "How many independent training runs go at once.")
 _FORCE = flags.DEFINE_bool("force", False, "Redo stages even when their output is complete.")
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 1,
+    "Self-training rounds (Noisy Student): round r+1 labels the corpus with round r's "
+    "student as the teacher of every task and trains a new student with rounds.yaml's "
+    "noise, into <output_dir>/seed_<s>/round_<r>/; the report compares the rounds.")
 _SEEDS = flags.DEFINE_list(
     "seeds", None,
     "Training seeds, e.g. 0,1,2: every stage after the world runs once per seed (into "
@@ -95,13 +107,17 @@ class Context:
   stage: str = ""
   seed: int | None = None
   seeds: tuple[int, ...] = ()
+  round: int = 1
+  rounds: int = 1
 
   @property
   def root(self) -> str:
-    """`<output_dir>/seed_<s>` for a per-seed stage, else `<output_dir>`."""
+    """`<output_dir>/seed_<s>` for a per-seed stage (`.../round_<r>` from the
+    second self-training round on), else `<output_dir>`."""
     if self.seed is None:
       return self.output_dir
-    return os.path.join(self.output_dir, f"seed_{self.seed}")
+    seed_dir = os.path.join(self.output_dir, f"seed_{self.seed}")
+    return seed_dir if self.round == 1 else os.path.join(seed_dir, f"round_{self.round}")
 
   @property
   def world_dir(self) -> str:
@@ -110,9 +126,10 @@ class Context:
   def path(self, *parts: str) -> str:
     return os.path.join(self.root, *parts)
 
-  def for_seed(self, seed: int | None) -> "Context":
-    """This context for another training seed (None: the world's and report's)."""
-    return dataclasses.replace(self, seed=seed)
+  def for_seed(self, seed: int | None, round_: int = 1) -> "Context":
+    """This context for another training seed (None: the world's and report's)
+    and self-training round."""
+    return dataclasses.replace(self, seed=seed, round=round_)
 
   def commands_file(self, stage: str) -> str:
     return self.path(f"{stage}{_COMMANDS_FILE}")
@@ -264,8 +281,21 @@ class TransferStage(hyperparams.Config):
   student: Optional[dict] = None
 
 
+@dataclasses.dataclass
+class RoundsStage(hyperparams.Config):
+  """rounds.yaml: what changes from the second self-training round on (`--rounds`).
+
+  Round r+1's teacher of every task is round r's exported student. Its student
+  trains from scratch with `student` on top of student.yaml (Noisy Student's
+  noise: RandAugment, stochastic depth; an `experiment` or model override for
+  a larger student), on labels kept by `thresholds` on top of pseudo_label.yaml's.
+  """
+  student: Optional[dict] = None
+  thresholds: Optional[dict] = None
+
+
 _STAGE_CONFIGS = {"pseudo_label.yaml": PseudoLabelStage, "baselines.yaml": BaselinesStage,
-                  "transfer.yaml": TransferStage}
+                  "transfer.yaml": TransferStage, "rounds.yaml": RoundsStage}
 
 
 def read_config(config_dir: str, name: str) -> dict:
@@ -359,8 +389,25 @@ def _run_teachers(ctx: Context) -> dict:
   return {"metrics": metrics, "exports": export_dirs, **_training_summary(ctx, model_dirs)}
 
 
+def _run_round_teachers(ctx: Context) -> dict:
+  """A later round's teachers: the previous round's exported student, for every
+  task it serves, scored as that student was (no training)."""
+  student = ctx.for_seed(ctx.seed, ctx.round - 1).summary("student")
+  return {"metrics": student["metrics"],
+          "exports": {task: student["export"] for task in student["metrics"]},
+          "train_step_seconds": 0.0, "parallel_slots": 1}
+
+
+def _thresholds(ctx: Context) -> dict:
+  """pseudo_label.yaml's thresholds, with rounds.yaml's over them from round 2 on."""
+  thresholds = ctx.config("pseudo_label.yaml").get("thresholds") or {}
+  if ctx.round > 1:
+    thresholds = _merged(thresholds, ctx.config("rounds.yaml").get("thresholds") or {})
+  return thresholds
+
+
 def _run_pseudo_label(ctx: Context) -> dict:
-  """Runs the Beam pipeline with every demo teacher over the world's corpus."""
+  """Runs the Beam pipeline with every teacher of the round over the world's corpus."""
   settings = ctx.config("pseudo_label.yaml")
   exports = ctx.summary("teachers")["exports"]
   stage_dir = ctx.path("pseudo_label")
@@ -369,7 +416,7 @@ def _run_pseudo_label(ctx: Context) -> dict:
     yaml.safe_dump({
         "teachers": [{"task": task, "path": path, "batch_size": settings.get("batch_size", 16)}
                      for task, path in exports.items()],
-        "thresholds": {task: value for task, value in (settings.get("thresholds") or {}).items()
+        "thresholds": {task: value for task, value in _thresholds(ctx).items()
                        if task in exports}}, f)
   runs = {"pseudo_label": [
       "beam_pipelines.pseudo_label", "--runner=DirectRunner",
@@ -409,7 +456,7 @@ def _student_training(ctx: Context, model_dir: str, tasks: list[str], train_spli
   heads = [{"task": task, "num_classes": world["task_params"][task].get("num_classes", 0)}
            for task in tasks]
   inputs = {"task": {
-      "teachers": list(ctx.summary("teachers")["exports"].values()),
+      "teachers": list(dict.fromkeys(ctx.summary("teachers")["exports"].values())),
       "model": {"heads": heads}, "train_data": {"input_path": train_pattern},
       "validation_data": {"input_path": world["splits"][eval_split]["pattern"]}}}
   experiment = _experiment(student_config.EXPERIMENT, *overrides)
@@ -421,12 +468,14 @@ def _student_training(ctx: Context, model_dir: str, tasks: list[str], train_spli
 def _train_on_pseudo_labels(ctx: Context, runs: dict[str, tuple[str, list[str]]]
                             ) -> tuple[dict, dict]:
   """Trains students (name -> (model dir, tasks)) on the pseudo labels with the
-  schedule of student.yaml, each scored at the end on the held-out eval split
-  by its tasks' metrics (the ones teachers.evaluate uses) -> ({name: metrics},
-  the runs' `_training_summary`)."""
-  override = ctx.config("student.yaml")
+  schedule of student.yaml (and from round 2 on rounds.yaml's student), each
+  scored at the end on the held-out eval split by its tasks' metrics (the ones
+  teachers.evaluate uses) -> ({name: metrics}, the runs' `_training_summary`)."""
+  overrides = [ctx.config("student.yaml")]
+  if ctx.round > 1:
+    overrides.append(ctx.config("rounds.yaml").get("student") or {})
   _train(ctx, {name: _student_training(ctx, model_dir, tasks, None, "eval",
-                                       "train_and_post_eval", override)
+                                       "train_and_post_eval", *overrides)
                for name, (model_dir, tasks) in runs.items()})
   return ({name: _eval_metrics(model_dir) for name, (model_dir, _) in runs.items()},
           _training_summary(ctx, [model_dir for model_dir, _ in runs.values()]))
@@ -487,13 +536,20 @@ def _run_transfer(ctx: Context) -> dict:
 
   Initializations: scratch, every teacher whose backbone has the student's
   architecture (its training checkpoint), and the MuST student's exported
-  backbone. Each run is the student binary with one head, trained on the
-  world's transfer split and scored on its transfer eval split at the end.
+  backbone; from round 2 on the round's student alone (the others are round
+  1's). Each run is the student binary with one head, trained on the world's
+  transfer split and scored on its transfer eval split at the end, without
+  the round's stochastic depth (the same fine-tuning for every round).
   """
   settings = ctx.config("transfer.yaml")
   model = _saved_model_config(ctx.path("student"))
-  inits, skipped = {"scratch": ""}, {}
-  for task, export_dir in ctx.summary("teachers")["exports"].items():
+  backbone = dict(model["backbone"])
+  kind = backbone.get("type")
+  if isinstance(backbone.get(kind), dict) and "stochastic_depth_drop_rate" in backbone[kind]:
+    backbone[kind] = {**backbone[kind], "stochastic_depth_drop_rate": 0.0}
+  inits, skipped = ({"scratch": ""} if ctx.round == 1 else {}), {}
+  teacher_exports = ctx.summary("teachers")["exports"] if ctx.round == 1 else {}
+  for task, export_dir in teacher_exports.items():
     teacher_dir = os.path.dirname(export_dir)
     if _saved_model_config(teacher_dir)["backbone"] == model["backbone"]:
       inits[f"{task} teacher"] = teacher_dir
@@ -505,7 +561,7 @@ def _run_transfer(ctx: Context) -> dict:
     for init, checkpoint in inits.items():
       run_dir = run_dirs[task, init] = ctx.path("transfer", task, init.replace(" ", "_"))
       architecture = {"task": {
-          "model": {"backbone": model["backbone"], "decoder": model["decoder"]},
+          "model": {"backbone": backbone, "decoder": model["decoder"]},
           "init_checkpoint": checkpoint, "init_checkpoint_modules": "backbone"}}
       runs[f"{task} from {init}"] = _student_training(
           ctx, run_dir, [task], "transfer_train", "transfer_eval", "train_and_post_eval",
@@ -516,6 +572,12 @@ def _run_transfer(ctx: Context) -> dict:
     results.setdefault(init, {})[task] = _eval_metrics(run_dir)[task]
   return {"metrics": results, "skipped": skipped,
           **_training_summary(ctx, list(run_dirs.values()))}
+
+
+def _round_results(ctx: Context) -> dict:
+  """A round's student metrics and the transfer from its backbone (`report.rounds_section`)."""
+  return {"student": ctx.summary("student")["metrics"],
+          "transfer": ctx.summary("transfer")["metrics"].get("MuST student", {})}
 
 
 def _run_report(ctx: Context) -> dict:
@@ -537,6 +599,9 @@ def _run_report(ctx: Context) -> dict:
     f.write(f"# Every binary the demo ran, stage by stage (from {ctx.output_dir}).\n")
     stages = [("world", ctx)] + [(f"seed_{seed}/{stage}", seed_ctx) for seed, seed_ctx
                                  in by_seed.items() for stage, _ in SEED_STAGES]
+    stages += [(f"seed_{seed}/round_{round_}/{stage}", ctx.for_seed(seed, round_))
+               for seed in ctx.seeds for round_ in range(2, ctx.rounds + 1)
+               for stage, _ in ROUND_STAGES]
     for name, stage_ctx in stages + [("report", ctx)]:
       path = stage_ctx.commands_file(name.rpartition("/")[2])
       if os.path.exists(path):
@@ -556,6 +621,8 @@ def _run_report(ctx: Context) -> dict:
   skipped = {}
   for seed in ctx.seeds:
     skipped.update(summaries[seed]["transfer"]["skipped"])
+  rounds = {round_: {seed: _round_results(ctx.for_seed(seed, round_)) for seed in ctx.seeds}
+            for round_ in range(1, ctx.rounds + 1)}
   text = report.write(
       report_dir,
       {seed: summaries[seed]["teachers"]["metrics"] for seed in ctx.seeds},
@@ -564,7 +631,9 @@ def _run_report(ctx: Context) -> dict:
       transfer={seed: summaries[seed]["transfer"]["metrics"] for seed in ctx.seeds},
       transfer_skipped=skipped, transfer_claim_config=ctx.config("transfer.yaml").get("claim"),
       reproduce=f"python -m must.demo --config_dir={ctx.config_dir} "
-                f"--output_dir={ctx.output_dir} --seeds={','.join(map(str, ctx.seeds))}",
+                f"--output_dir={ctx.output_dir} --seeds={','.join(map(str, ctx.seeds))}"
+                + (f" --rounds={ctx.rounds}" if ctx.rounds > 1 else ""),
+      rounds=rounds if ctx.rounds > 1 else None,
       pseudo_labels=pseudo_labels, label_quality=label_quality,
       label_quality_split=summaries[ctx.seeds[0]]["pseudo_label"].get("quality_split", ""))
   print(text)
@@ -585,6 +654,10 @@ def timing_records(ctx: Context) -> list[dict]:
   for stage, _ in SEED_STAGES:
     records += [{"stage": stage, **timing(ctx.for_seed(seed).summary(stage))}
                 for seed in ctx.seeds]
+  for round_ in range(2, ctx.rounds + 1):
+    for stage, _ in ROUND_STAGES:
+      records += [{"stage": f"round {round_} {stage}",
+                   **timing(ctx.for_seed(seed, round_).summary(stage))} for seed in ctx.seeds]
   return records
 
 
@@ -594,6 +667,13 @@ SEED_STAGES: list[tuple[str, Callable[[Context], dict]]] = [
     ("pseudo_label", _run_pseudo_label),
     ("student", _run_student),
     ("baselines", _run_baselines),
+    ("transfer", _run_transfer),
+]
+# The stages of each later self-training round (`--rounds`), per training seed.
+ROUND_STAGES: list[tuple[str, Callable[[Context], dict]]] = [
+    ("teachers", _run_round_teachers),
+    ("pseudo_label", _run_pseudo_label),
+    ("student", _run_student),
     ("transfer", _run_transfer),
 ]
 STAGES: list[tuple[str, Callable[[Context], dict]]] = [
@@ -647,6 +727,10 @@ def check_configs(config_dir: str) -> None:
                               f"{transfer['tasks']}, got {claim['task']!r}")
   check_override(student_config.EXPERIMENT, transfer["student"],
                  f"{path('transfer.yaml')} (student)")
+  rounds = read_config(config_dir, "rounds.yaml")
+  check_override(student_config.EXPERIMENT, rounds["student"], f"{path('rounds.yaml')} (student)")
+  check_tasks(rounds["thresholds"], must_tasks.names(), "rounds.yaml",
+              "thresholds for unknown tasks")
 
 
 def _config_digest(config_dir: str, stage: str, upstream: str) -> str:
@@ -679,6 +763,8 @@ def _run_stage(ctx: Context, runner: Callable[[Context], dict], digest: str,
       if json.load(f).get("config_digest") == digest:
         return {"status": "skipped (complete, config unchanged)"}
   label = ctx.stage if ctx.seed is None else f"{ctx.stage} (seed {ctx.seed})"
+  if ctx.round > 1:
+    label = f"{ctx.stage} (seed {ctx.seed}, round {ctx.round})"
   print(f"== stage {label} ==", flush=True)
   resume = False
   if not force and os.path.exists(started_file):
@@ -703,20 +789,24 @@ def _run_stage(ctx: Context, runner: Callable[[Context], dict], digest: str,
 
 
 def run(config_dir: str, output_dir: str, force: bool = False, jobs: int = 1,
-        seeds: list[int] | None = None) -> dict[str, dict]:
+        seeds: list[int] | None = None, rounds: int = 1) -> dict[str, dict]:
   """Checks every stage config, then runs the stages in order: the world once,
-  the per-seed stages for each training seed (default: the world's seed), the
+  the per-seed stages for each training seed (default: the world's seed), then
+  per seed the stages of each later self-training round up to `rounds`, the
   report over all of them.
 
   Returns:
-    Status and timing by stage: "world", "seed_<s>/<stage>", "report".
+    Status and timing by stage: "world", "seed_<s>/<stage>",
+    "seed_<s>/round_<r>/<stage>", "report".
   """
   check_configs(config_dir)
   seeds = tuple(int(seed) for seed in seeds) if seeds else (world_seed(config_dir),)
   if len(set(seeds)) != len(seeds):
     raise configs.ConfigError(f"--seeds lists a seed twice: {list(seeds)}")
+  if rounds < 1:
+    raise configs.ConfigError(f"--rounds must be 1 or more, got {rounds}")
   os.makedirs(output_dir, exist_ok=True)
-  base = Context(config_dir, output_dir, jobs, seeds=seeds)
+  base = Context(config_dir, output_dir, jobs, seeds=seeds, rounds=rounds)
   results = {}
   world_digest = _config_digest(config_dir, "world", "")
   results["world"] = _run_stage(dataclasses.replace(base, stage="world"), _run_world,
@@ -728,6 +818,13 @@ def run(config_dir: str, output_dir: str, force: bool = False, jobs: int = 1,
       digest = _config_digest(config_dir, stage, digest)
       results[f"seed_{seed}/{stage}"] = _run_stage(
           dataclasses.replace(base, stage=stage, seed=seed), runner, digest, force)
+    for round_ in range(2, rounds + 1):
+      digest = _config_digest(config_dir, "rounds", f"{digest}:round_{round_}")
+      for stage, runner in ROUND_STAGES:
+        digest = _config_digest(config_dir, stage, digest)
+        results[f"seed_{seed}/round_{round_}/{stage}"] = _run_stage(
+            dataclasses.replace(base, stage=stage, seed=seed, round=round_), runner, digest,
+            force)
     upstream += f"seed_{seed}:{digest}"
   results["report"] = _run_stage(dataclasses.replace(base, stage="report"), _run_report,
                                  _config_digest(config_dir, "report", upstream), force)
@@ -746,11 +843,12 @@ def main(argv):
     if "://" in flag.value:
       raise cli.UserError(f"--{flag.name} {flag.value}: the demo runs on local paths only "
                           "(run the binaries themselves for gs:// paths)")
-  results = run(_CONFIG_DIR.value, _OUTPUT_DIR.value, _FORCE.value, _JOBS.value, seeds)
-  print(f"\n{'stage':<24}{'status':<40}{'seconds':>8}")
+  results = run(_CONFIG_DIR.value, _OUTPUT_DIR.value, _FORCE.value, _JOBS.value, seeds,
+                _ROUNDS.value)
+  print(f"\n{'stage':<32}{'status':<40}{'seconds':>8}")
   for stage, result in results.items():
-    print(f"{stage:<24}{result['status']:<40}{result.get('seconds', ''):>8}")
-  print(f"{'total':<64}{time.perf_counter() - start:>8.1f}")
+    print(f"{stage:<32}{result['status']:<40}{result.get('seconds', ''):>8}")
+  print(f"{'total':<72}{time.perf_counter() - start:>8.1f}")
   print(f"Report: {os.path.join(_OUTPUT_DIR.value, 'report', report.REPORT_FILE)}")
 
 

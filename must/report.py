@@ -21,6 +21,7 @@ REPORT_FILE = "report.md"
 FIGURE_FILE = "metrics.png"
 PSEUDO_LABEL_SHEET = "pseudo_labels/contact_sheet.png"
 QUALITY_PLOT = "label_quality.png"  # the labeling run's quality.png, copied beside the report
+ROUNDS_FIGURE = "rounds.png"
 CLAIM_RATIO = 0.9  # the student should reach this fraction of each teacher's metric
 COMMANDS_FILE = "commands.sh"
 
@@ -413,6 +414,92 @@ def _every_metric(teachers: Seeded, student: Seeded) -> str:
                    for task in tasks_seen)
 
 
+def _better(task: str, metric: str, value: float, than: float) -> bool:
+  return value < than if metric in tasks.get(task).lower_is_better else value > than
+
+
+def _round_rows(teachers: Seeded, rounds: Mapping[int, Seeded]) -> list[dict]:
+  """Per task, then per transfer task: the primary metric by round (round 0: the
+  teachers; transfer: the round's student backbone fine-tuned), over the seeds.
+
+  Args:
+    teachers: seed -> task -> metrics.
+    rounds: round -> seed -> {"student": task -> metrics, "transfer": task ->
+      metrics of the fine-tuning from that round's student}.
+  """
+  seeds = [seed for seed in teachers if all(seed in by_seed for by_seed in rounds.values())]
+  rows = []
+  for kind in ("student", "transfer"):
+    names = set.intersection(*(set(rounds[r][s][kind]) for r in rounds for s in seeds))
+    for task in sorted(names):
+      metric = tasks.get(task).primary_metric
+      values = {r: [rounds[r][s][kind][task][metric] for s in seeds] for r in rounds}
+      if kind == "student":
+        values = {0: [teachers[s][task][metric] for s in seeds], **values}
+      last, first = max(rounds), min(rounds)
+      per_seed = [_better(task, metric, a, b) for a, b in zip(values[last], values[first])]
+      rows.append({"kind": kind, "task": task, "metric": metric, "values": values,
+                   "verdict": verdict(_better(task, metric, _mean(values[last]),
+                                              _mean(values[first])), per_seed)})
+  return rows
+
+
+def _rounds_figure(rows: list[dict], path: str) -> None:
+  """Each task's primary metric against the round (0: the teachers), means over seeds."""
+  figure, axis = plt.subplots(figsize=(5.5, 3.6))
+  for row in rows:
+    rounds = sorted(row["values"])
+    axis.plot(rounds, [_mean(row["values"][r]) for r in rounds], marker="o",
+              linestyle="-" if row["kind"] == "student" else "--",
+              label=f"{row['task']} {row['metric']}" + (" (transfer)" if row["kind"] ==
+                                                        "transfer" else ""))
+  axis.set_xticks(sorted({r for row in rows for r in row["values"]}))
+  axis.set_xlabel("self-training round (0: the specialized teachers)")
+  axis.set_ylim(0, 1)
+  axis.legend(fontsize=7)
+  axis.set_title("Held-out ground truth by round", fontsize=9)
+  figure.tight_layout()
+  with tf.io.gfile.GFile(path, "wb") as f:
+    figure.savefig(f, dpi=120, format="png")
+  plt.close(figure)
+
+
+def rounds_section(teachers: Seeded, rounds: Mapping[int, Seeded] | None,
+                   report_dir: str) -> str:
+  """Markdown (and `ROUNDS_FIGURE`): each task's metric by self-training round,
+  and the transfer of each round's student backbone."""
+  if not rounds or len(rounds) < 2:
+    return ""
+  rows = _round_rows(teachers, rounds)
+  _rounds_figure(rows, os.path.join(report_dir, ROUNDS_FIGURE))
+  first, last = min(rounds), max(rounds)
+  def table(kind: str, head: list[str]) -> str:
+    lines = ["| task | metric | " + " | ".join(head) + f" | round {last} beats round {first} |",
+             "|---" * (len(head) + 3) + "|"]
+    for row in (r for r in rows if r["kind"] == kind):
+      cells = [format_stat(row["values"][r]) for r in sorted(row["values"])]
+      lines.append(f"| {row['task']} | {row['metric']} | " + " | ".join(cells) +
+                   f" | {row['verdict']} |")
+    return "\n".join(lines)
+  round_names = [f"round {r} student" for r in sorted(rounds)]
+  return f"""## Self-training rounds
+
+Round 1's student learns from the specialized teachers; the teacher of every
+task in round r+1 is round r's student, whose new student trains from scratch
+with input noise and stochastic depth (Noisy Student; `rounds.yaml`). Each
+task's primary metric on held-out ground truth by round:
+
+{table("student", ["teachers"] + round_names)}
+
+Transfer of each round's student backbone (fine-tuned as in the transfer study
+above):
+
+{table("transfer", round_names)}
+
+![rounds]({ROUNDS_FIGURE})
+"""
+
+
 def _quality_section(quality: Mapping[str, Any] | None, split: str) -> str:
   if not quality:
     return ""
@@ -436,7 +523,8 @@ def write(report_dir: str, teachers: Seeded, student: Seeded,
           reproduce: str = "make demo",
           pseudo_labels: Seeded | None = None,
           label_quality: Mapping[str, Any] | None = None,
-          label_quality_split: str = "") -> str:
+          label_quality_split: str = "",
+          rounds: Mapping[int, Seeded] | None = None) -> str:
   """Writes report.md and metrics.png; returns the Markdown.
 
   Args:
@@ -455,6 +543,9 @@ def write(report_dir: str, teachers: Seeded, student: Seeded,
     pseudo_labels: seed -> per-task label statistics of the pseudo-labeling run.
     label_quality: a labeling run's quality.json (its plot copied to
       `QUALITY_PLOT` in `report_dir`), scored on `label_quality_split`.
+    rounds: with several self-training rounds, round -> seed -> {"student":
+      task -> metrics, "transfer": task -> metrics of the fine-tuning from that
+      round's student} (`rounds_section`).
   """
   tf.io.gfile.makedirs(report_dir)
   seeds = list(teachers)
@@ -508,6 +599,8 @@ Every metric:
 {transfer_claim(transfer, transfer_claim_config) if transfer else ''}
 
 {chr(10).join(f"- {init} left out: {why}." for init, why in (transfer_skipped or {}).items())}
+
+{rounds_section(teachers, rounds, report_dir)}
 
 ## Pseudo labels on corpus images
 

@@ -45,8 +45,22 @@ class StudentModel(hyperparams.Config):
   heads: List[heads_lib.HeadConfig] = dataclasses.field(default_factory=list)
 
 
-# TFRecords in the MuST schema (e.g. the pseudo-labeling pipeline's shards).
-StudentDataConfig = configs.SchemaDataConfig
+# RandAugment's ops that move pixels: they would misalign the dense labels and
+# boxes, so the student never applies them (its noise is photometric).
+GEOMETRIC_OPS = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
+
+
+@dataclasses.dataclass
+class StudentDataConfig(configs.SchemaDataConfig):
+  """TFRecords in the MuST schema (e.g. the pseudo-labeling pipeline's shards).
+
+  Attributes:
+    aug_type: input noise of a Noisy Student round (training only): Model
+      Garden's `randaug` (`official.vision.ops.augment.RandAugment`) without
+      its geometric ops (`GEOMETRIC_OPS`), which would move the pixels away
+      from the dense labels and boxes; None for no noise.
+  """
+  aug_type: Optional[common.Augmentation] = None
 
 
 @dataclasses.dataclass
@@ -123,10 +137,20 @@ def check_heads(model: StudentModel) -> None:
     heads_lib.typed_options(head, tasks.get(head.task).head_options)
 
 
-def _teacher_metadata(teacher_dirs: Sequence[str]) -> dict[str, serving.TeacherMetadata]:
-  """Task -> the `teacher.json` of the teacher among `teacher_dirs` that teaches it."""
-  return {metadata.task: metadata
-          for metadata in (serving.TeacherMetadata.read(path) for path in teacher_dirs)}
+def _teacher_schedules(teacher_dirs: Sequence[str]) -> dict[str, tuple[int | None, float | None]]:
+  """Task -> (batch size, learning rate) its teacher among `teacher_dirs` trained it with.
+
+  A multi-task teacher (the student of a previous self-training round) trained
+  each task at its learning rate times that task's loss weight.
+  """
+  schedules = {}
+  for path in dict.fromkeys(teacher_dirs):
+    metadata = serving.TeacherMetadata.read(path)
+    for task in metadata.tasks or [metadata.task]:
+      weight = ((metadata.tasks or {}).get(task) or {}).get("loss_weight") or 1.0
+      lr = metadata.train_learning_rate
+      schedules[task] = (metadata.train_batch_size, lr * weight if lr else lr)
+  return schedules
 
 
 def resolve_loss_weights(params: cfg.ExperimentConfig) -> dict[str, float]:
@@ -135,10 +159,12 @@ def resolve_loss_weights(params: cfg.ExperimentConfig) -> dict[str, float]:
   w_i = (b_s * lr_i) / (b_i * lr_s) for heads whose task follows the teacher
   rule and whose teacher is in `task.teachers`; b_s is the student's effective
   batch (`configs.effective_batch_size`: the batch times
-  `trainer.gradient_accumulation_steps`), as teachers record theirs; 1.0 for the others (depth, or
-  a task without teacher metadata). Weights set in the config are kept.
+  `trainer.gradient_accumulation_steps`), as teachers record theirs; lr_i of a
+  multi-task teacher (a previous round's student) is its learning rate times
+  its loss weight for the task. 1.0 for the others (depth, or a task without
+  teacher metadata). Weights set in the config are kept.
   """
-  metadata = _teacher_metadata(params.task.teachers)
+  schedules = _teacher_schedules(params.task.teachers)
   student_batch = configs.effective_batch_size(params)
   student_lr = configs.initial_learning_rate(params.trainer)
   weights = {}
@@ -146,11 +172,9 @@ def resolve_loss_weights(params: cfg.ExperimentConfig) -> dict[str, float]:
   for head in params.task.model.heads:
     if head.loss_weight is None:
       rule = tasks.get(head.task).student_loss_weight_rule
-      teacher = metadata.get(head.task)
-      if (rule == "teacher" and teacher and teacher.train_batch_size
-          and teacher.train_learning_rate):
-        head.loss_weight = float(student_batch * teacher.train_learning_rate /
-                                 (teacher.train_batch_size * student_lr))
+      teacher_batch, teacher_lr = schedules.get(head.task, (None, None))
+      if rule == "teacher" and teacher_batch and teacher_lr:
+        head.loss_weight = float(student_batch * teacher_lr / (teacher_batch * student_lr))
       else:
         if rule == "teacher":
           logging.warning("no teacher metadata for %s in task.teachers, or no training "

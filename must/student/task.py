@@ -5,7 +5,8 @@
 `tf.distribute` strategy. Per task:
 
   input     `Schema.decode`, then each head's `targets` (one random flip shared
-            by the image and every label); sharded per input pipeline, read
+            by the image and every label; `train_data.aug_type` adds
+            photometric RandAugment noise to the image alone); sharded per input pipeline, read
             and decoded in parallel, prefetched (Model Garden's input reader)
   loss      each head's (sum, normalizer); normalizers are summed over
             replicas, so the loss is the same on one device or many, and an
@@ -34,20 +35,26 @@ from official.core import base_task
 from official.core import task_factory
 from official.vision.dataloaders import input_reader_factory
 from official.vision.dataloaders import parser as parser_lib
+from official.vision.ops import augment
 
 
 class Parser(parser_lib.Parser):
   """Decoded MuST example -> (normalized image, {task: that head's targets})."""
 
   def __init__(self, student_heads: Mapping[str, heads_lib.StudentHead], output_size,
-               aug_rand_hflip: bool = False, dtype: str = "float32"):
+               aug_rand_hflip: bool = False, dtype: str = "float32",
+               augmenter: Optional[augment.ImageAugment] = None):
     self._heads = dict(student_heads)
     self._output_size = list(output_size)
     self._aug_rand_hflip = aug_rand_hflip
     self._dtype = dtype
+    self._augmenter = augmenter
 
-  def _parse(self, decoded, flip):
-    image = tf.image.resize(heads_lib.normalize_images(decoded["image"]), self._output_size,
+  def _parse(self, decoded, flip, augment_image: bool = False):
+    image = decoded["image"]
+    if augment_image and self._augmenter is not None:
+      image = self._augmenter.distort(image)  # uint8 in, uint8 out; labels untouched
+    image = tf.image.resize(heads_lib.normalize_images(image), self._output_size,
                             method="bilinear")
     image = heads_lib.flip_dense(image, flip)
     labels = {task: head.targets(decoded[task], flip, self._output_size)
@@ -56,12 +63,28 @@ class Parser(parser_lib.Parser):
 
   def _parse_train_data(self, decoded_tensors):
     flip = tf.random.uniform([]) < 0.5 if self._aug_rand_hflip else tf.constant(False)
-    return self._parse(decoded_tensors, flip)
+    return self._parse(decoded_tensors, flip, augment_image=True)
 
   def _parse_eval_data(self, decoded_tensors):
     image, labels = self._parse(decoded_tensors, tf.constant(False))
     return image, {**labels, evaluate.GROUND_TRUTH: evaluate.ground_truth(decoded_tensors,
                                                                           self._heads)}
+
+
+def build_augmenter(aug_type) -> Optional[augment.ImageAugment]:
+  """Model Garden's RandAugment for `aug_type` (`StudentDataConfig.aug_type`),
+  without the geometric ops; None for no augmentation."""
+  if aug_type is None or aug_type.type is None:
+    return None
+  if aug_type.type != "randaug":
+    raise ValueError(f"task.train_data.aug_type.type {aug_type.type!r}: the student takes "
+                     "'randaug' (photometric ops only: the labels must stay aligned)")
+  randaug = aug_type.randaug
+  return augment.RandAugment(
+      num_layers=randaug.num_layers, magnitude=randaug.magnitude,
+      cutout_const=randaug.cutout_const, translate_const=randaug.translate_const,
+      magnitude_std=randaug.magnitude_std, prob_to_apply=randaug.prob_to_apply,
+      exclude_ops=sorted(set(randaug.exclude_ops) | set(student_config.GEOMETRIC_OPS)))
 
 
 def _float32(tree):
@@ -128,7 +151,7 @@ class StudentTask(base_task.Task):
                    ) -> tf.data.Dataset:
     """Batches of (images [B, H, W, 3], {task: targets}, eval: and `ground_truth`)."""
     parser = Parser(self.heads, self.input_size, aug_rand_hflip=params.aug_rand_hflip,
-                    dtype=params.dtype)
+                    dtype=params.dtype, augmenter=build_augmenter(params.aug_type))
     reader = input_reader_factory.input_reader_generator(
         params,
         dataset_fn=dataset_fn_lib.pick_dataset_fn(params.file_type),

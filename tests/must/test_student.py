@@ -277,6 +277,66 @@ def test_a_new_task_needs_no_model_change(tiny_world):
 # -- Training ------------------------------------------------------------------
 
 
+def test_a_previous_rounds_student_sets_each_tasks_weight_by_its_own_learning_rate(tmp_path):
+  """A multi-task teacher (round r's student) trained task i at lr * its loss weight w_i."""
+  (tmp_path / "teacher.json").write_text(json.dumps(
+      {"format_version": serving.FORMAT_VERSION, "train_batch_size": 8,
+       "train_learning_rate": 0.01,
+       "tasks": {"classification": {"loss_weight": 0.5}, "detection": {"loss_weight": 2.0},
+                 "depth": {"loss_weight": 1.0}}}))
+  params = tiny_params(str(tmp_path))
+  params.task.teachers = [str(tmp_path)] * 3  # listed once per task, as in a teachers config
+  student_lr = configs.initial_learning_rate(params.trainer)
+  weights = student_config.resolve_loss_weights(params)
+  assert weights["classification"] == pytest.approx(4 * 0.01 * 0.5 / (8 * student_lr))
+  assert weights["detection"] == pytest.approx(4 * 0.01 * 2.0 / (8 * student_lr))
+  assert weights["segmentation"] == 1.0 and weights["depth"] == 1.0  # no teacher; own rule
+
+
+def _randaug(**randaug):
+  from official.vision.configs import common  # pylint: disable=g-import-not-at-top
+  return common.Augmentation(type="randaug", randaug=common.RandAugment(**randaug))
+
+
+def test_noise_is_photometric_randaugment_of_the_image_alone_in_training(tiny_world):
+  augmenter = task_lib.build_augmenter(_randaug(num_layers=2, magnitude=10,
+                                                exclude_ops=["Invert"]))
+  assert not set(augmenter.available_ops) & {*student_config.GEOMETRIC_OPS, "Invert"}
+  assert "Contrast" in augmenter.available_ops
+  assert task_lib.build_augmenter(None) is None
+  with pytest.raises(ValueError, match="takes 'randaug'"):
+    from official.vision.configs import common  # pylint: disable=g-import-not-at-top
+    task_lib.build_augmenter(common.Augmentation(type="autoaug"))
+
+  params = tiny_params(tiny_world)
+  task = task_lib.StudentTask(params.task)
+  plain = task_lib.Parser(task.heads, task.input_size)
+  noisy = task_lib.Parser(task.heads, task.input_size, augmenter=augmenter)
+  records = tf.data.TFRecordDataset(tf.io.gfile.glob(params.task.train_data.input_path))
+  changed = 0
+  tf.random.set_seed(0)
+  for record in records.take(4):
+    decoded = task.schema.decode(record)
+    image, labels = plain.parse_fn(True)(decoded)
+    noisy_image, noisy_labels = noisy.parse_fn(True)(decoded)
+    tf.nest.map_structure(np.testing.assert_array_equal, labels, noisy_labels)
+    changed += int(not np.allclose(image, noisy_image))
+    np.testing.assert_array_equal(plain.parse_fn(False)(decoded)[0],
+                                  noisy.parse_fn(False)(decoded)[0])  # eval: no noise
+  assert changed >= 3, changed
+
+
+def test_stochastic_depth_makes_training_passes_random_and_inference_exact(tiny_world):
+  params = tiny_params(tiny_world)
+  params.task.model.backbone.resnet.stochastic_depth_drop_rate = 0.5
+  model = task_lib.StudentTask(params.task).build_model()
+  images = tf.random.stateless_uniform([2, SIZE, SIZE, 3], [0, 1])
+  depth = lambda training: model(images, training=training)["depth"].numpy()
+  tf.random.set_seed(0)
+  assert not np.allclose(depth(True), depth(True))  # blocks dropped at random
+  np.testing.assert_array_equal(depth(False), depth(False))
+
+
 def test_a_few_steps_lower_the_loss_on_partially_labeled_batches(tiny_world):
   params = tiny_params(tiny_world)
   task = task_lib.StudentTask(params.task)
