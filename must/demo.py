@@ -680,11 +680,12 @@ STAGES: list[tuple[str, Callable[[Context], dict]]] = [
     ("world", _run_world), *SEED_STAGES, ("report", _run_report)]
 
 
-def check_configs(config_dir: str) -> None:
+def check_configs(config_dir: str, rounds: int = 1) -> None:
   """Stops before any stage runs when a stage config would fail later.
 
-  Every file must exist and load strictly (`read_config`); teacher, student and
-  transfer overrides must apply strictly to their experiments (unknown keys,
+  Every file must exist and load strictly (`read_config`; rounds.yaml only
+  with more than one self-training round); teacher, student and transfer
+  overrides must apply strictly to their experiments (unknown keys,
   wrong value types); tasks must be known, and baselines must name a
   configured teacher.
 
@@ -713,8 +714,8 @@ def check_configs(config_dir: str) -> None:
   for task, block in teacher_tasks.items():
     check_override(teachers.TEACHERS[task].EXPERIMENT, block, f"{path('teachers.yaml')} ({task})")
   teacher_waves(teacher_tasks)
-  check_override(student_config.EXPERIMENT, read_config(config_dir, "student.yaml"),
-                 path("student.yaml"))
+  student = read_config(config_dir, "student.yaml")
+  check_override(student_config.EXPERIMENT, student, path("student.yaml"))
   thresholds = read_config(config_dir, "pseudo_label.yaml")["thresholds"] or {}
   check_tasks(thresholds, must_tasks.names(), "pseudo_label.yaml", "thresholds for unknown tasks")
   check_tasks(read_config(config_dir, "baselines.yaml")["tasks"], teacher_tasks, "baselines.yaml",
@@ -727,10 +728,12 @@ def check_configs(config_dir: str) -> None:
                               f"{transfer['tasks']}, got {claim['task']!r}")
   check_override(student_config.EXPERIMENT, transfer["student"],
                  f"{path('transfer.yaml')} (student)")
-  rounds = read_config(config_dir, "rounds.yaml")
-  check_override(student_config.EXPERIMENT, rounds["student"], f"{path('rounds.yaml')} (student)")
-  check_tasks(rounds["thresholds"], must_tasks.names(), "rounds.yaml",
-              "thresholds for unknown tasks")
+  if rounds > 1:
+    later = read_config(config_dir, "rounds.yaml")
+    check_override(student_config.EXPERIMENT, _merged(student, later["student"] or {}),
+                   f"{path('rounds.yaml')} (student)")
+    check_tasks(later["thresholds"], must_tasks.names(), "rounds.yaml",
+                "thresholds for unknown tasks")
 
 
 def _config_digest(config_dir: str, stage: str, upstream: str) -> str:
@@ -799,12 +802,12 @@ def run(config_dir: str, output_dir: str, force: bool = False, jobs: int = 1,
     Status and timing by stage: "world", "seed_<s>/<stage>",
     "seed_<s>/round_<r>/<stage>", "report".
   """
-  check_configs(config_dir)
+  if rounds < 1:
+    raise configs.ConfigError(f"--rounds must be 1 or more, got {rounds}")
+  check_configs(config_dir, rounds)
   seeds = tuple(int(seed) for seed in seeds) if seeds else (world_seed(config_dir),)
   if len(set(seeds)) != len(seeds):
     raise configs.ConfigError(f"--seeds lists a seed twice: {list(seeds)}")
-  if rounds < 1:
-    raise configs.ConfigError(f"--rounds must be 1 or more, got {rounds}")
   os.makedirs(output_dir, exist_ok=True)
   base = Context(config_dir, output_dir, jobs, seeds=seeds, rounds=rounds)
   results = {}

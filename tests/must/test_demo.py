@@ -46,6 +46,7 @@ def _tiny_configs(config_dir):
   shutil.copy(REPO / "configs/world/tiny.yaml", config_dir / "world.yaml")
   (config_dir / "teachers.yaml").write_text(json.dumps(TINY_TEACHERS))
   shutil.copy(REPO / "configs/demo/pseudo_label.yaml", config_dir / "pseudo_label.yaml")
+  shutil.copy(REPO / "configs/demo/rounds.yaml", config_dir / "rounds.yaml")
   (config_dir / "student.yaml").write_text(json.dumps(TINY_STUDENT))
   (config_dir / "baselines.yaml").write_text(json.dumps({"tasks": ["classification"]}))
   (config_dir / "transfer.yaml").write_text(json.dumps(
@@ -238,6 +239,72 @@ def test_seeds_run_the_later_stages_per_seed_and_reuse_finished_seeds(tmp_path, 
     demo.run(str(config_dir), str(output_dir), seeds=[1, 1])
 
 
+def test_rounds_label_with_the_previous_student_and_rerun_from_a_changed_rounds_config(
+    tmp_path, monkeypatch):
+  """The round plumbing with stand-in stages, the later rounds' teachers stage real."""
+  config_dir, output_dir = tmp_path / "configs", tmp_path / "out"
+  _tiny_configs(config_dir)
+  calls = []
+
+  def stand_in(stage):
+    def runner(ctx):
+      calls.append((stage, ctx.round))
+      assert ctx.path(stage) == str(output_dir / "seed_0" / (
+          stage if ctx.round == 1 else f"round_{ctx.round}/{stage}"))
+      os.makedirs(ctx.path(stage))
+      summary = _fake_summaries(stage, ctx.seed)
+      if stage == "pseudo_label":
+        summary["teachers"] = ctx.summary("teachers").get("exports")
+        (pathlib.Path(ctx.path(stage)) / "summary.json").write_text('{"tasks": {}}')
+      if stage == "student":
+        top1 = 0.4 + 0.1 * ctx.round  # each round's student better than the last
+        summary = {**summary, "metrics": {"classification": {"top1": top1}},
+                   "export": ctx.path("student", "export")}
+      return summary
+    return runner
+
+  monkeypatch.setattr(demo, "run_binaries", lambda runs, jobs=1, commands_file="": None)
+  monkeypatch.setattr(demo, "_run_world", lambda ctx: {})
+  monkeypatch.setattr(demo, "SEED_STAGES", [(s, stand_in(s)) for s, _ in demo.SEED_STAGES])
+  round_stages = [stage for stage, _ in demo.ROUND_STAGES]
+  assert round_stages[0] == "teachers"
+  monkeypatch.setattr(demo, "ROUND_STAGES", [("teachers", demo._run_round_teachers)] + [
+      (s, stand_in(s)) for s in round_stages[1:]])
+  first_round = [(stage, 1) for stage, _ in demo.SEED_STAGES]
+
+  first = demo.run(str(config_dir), str(output_dir), rounds=3)
+  assert calls == first_round + [(s, r) for r in (2, 3) for s in round_stages[1:]]
+  assert [k for k in first if "/round_" in k] == [
+      f"seed_0/round_{r}/{s}" for r in (2, 3) for s in round_stages]
+  # Round r's teacher of every task is round r-1's exported student, scored as it was.
+  for round_ in (2, 3):
+    root = output_dir / "seed_0" / f"round_{round_}"
+    before = output_dir / "seed_0" / ("" if round_ == 2 else f"round_{round_ - 1}")
+    exports = json.loads((root / "pseudo_label.done.json").read_text())["teachers"]
+    assert exports == {"classification": str(before / "student" / "export")}
+    teachers = json.loads((root / "teachers.done.json").read_text())
+    assert teachers["metrics"] == {"classification": {"top1": pytest.approx(0.3 + 0.1 * round_)}}
+  text = (output_dir / "report" / "report.md").read_text()
+  assert "| classification | top1 | 0.500 | 0.500 | 0.600 | 0.700 | holds |" in text
+  assert "--rounds=3" in text
+  assert "| round 3 student |" in text
+
+  calls.clear()
+  assert all(r["status"].startswith("skipped") for k, r in
+             demo.run(str(config_dir), str(output_dir), rounds=3).items() if k != "report")
+  assert calls == []
+  (config_dir / "rounds.yaml").write_text("thresholds: {classification: {top_k: 1}}")
+  changed = demo.run(str(config_dir), str(output_dir), rounds=2)
+  assert calls == [(s, 2) for s in round_stages[1:]]  # round 1 is upstream of rounds.yaml
+  assert changed["seed_0/student"]["status"].startswith("skipped")
+  calls.clear()
+  one = demo.run(str(config_dir), str(output_dir))
+  assert calls == [] and one["report"]["status"] == "ran"
+  assert "Self-training rounds" not in (output_dir / "report" / "report.md").read_text()
+  with pytest.raises(configs.ConfigError, match="--rounds must be 1 or more"):
+    demo.run(str(config_dir), str(output_dir), rounds=0)
+
+
 def test_a_failing_run_is_named_after_the_others_finish(tmp_path, capsys):
   marker = tmp_path / "finished"
   runs = {"fails": ["must.no_such_binary"],
@@ -255,7 +322,7 @@ def test_a_failing_run_is_named_after_the_others_finish(tmp_path, capsys):
 
 @pytest.mark.parametrize("setting", ["configs/demo", "configs/demo_full"])
 def test_shipped_settings_pass_the_config_check(setting):
-  demo.check_configs(str(REPO / setting))
+  demo.check_configs(str(REPO / setting), rounds=2)
 
 
 @pytest.mark.parametrize("name,text,message", [
@@ -276,6 +343,24 @@ def test_a_bad_stage_config_stops_before_any_stage(tmp_path, name, text, message
   with pytest.raises(configs.ConfigError, match=f"{re.escape(name)}.*{re.escape(message)}"):
     demo.run(str(config_dir), str(output_dir))
   assert not output_dir.exists()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("student: {trainer: {train_stepz: 3}}", "train_stepz"),
+    ("student: {experiment: must_studnt}", "'must_studnt' is not a variant of must_student"),
+    ("thresholds: {depht: {min_score: 0.5}}", "thresholds for unknown tasks ['depht']"),
+])
+def test_a_bad_rounds_config_stops_a_run_of_several_rounds_only(tmp_path, text, message):
+  config_dir, output_dir = tmp_path / "configs", tmp_path / "out"
+  _tiny_configs(config_dir)
+  (config_dir / "rounds.yaml").write_text(text)
+  with pytest.raises(configs.ConfigError, match=f"rounds.yaml.*{re.escape(message)}"):
+    demo.run(str(config_dir), str(output_dir), rounds=2)
+  assert not output_dir.exists()
+  os.remove(config_dir / "rounds.yaml")
+  demo.check_configs(str(config_dir), rounds=1)  # one round needs no rounds.yaml
+  with pytest.raises(configs.ConfigError, match="rounds.yaml"):
+    demo.check_configs(str(config_dir), rounds=2)
 
 
 def test_teachers_train_in_waves_after_the_teacher_they_start_from():

@@ -183,3 +183,40 @@ def test_pseudo_label_summary_shows_empty_and_one_class_labels():
                        "class_histogram": {"0": 95, "3": 5}}})
   assert "- detection: 40 images pseudo-labeled, 0.00 boxes per image" in text
   assert "22.0 % of pixels ignored, 2 classes, the most frequent (id 0) 95 %" in text
+
+
+def _round(student: dict, normals: float) -> dict:
+  return {"student": student, "transfer": {"surface_normals": {"within_11.25": normals}}}
+
+
+def test_rounds_table_judges_the_last_round_against_the_first_per_task_and_seed(tmp_path):
+  teachers = {seed: {**TEACHERS, "depth": {"delta_1.25": 0.5}} for seed in (0, 1)}
+  first = {0: {"classification": {"top1": 0.70}, "detection": {"AP": 0.30},
+               "depth": {"delta_1.25": 0.40}},
+           1: {"classification": {"top1": 0.60}, "detection": {"AP": 0.20},
+               "depth": {"delta_1.25": 0.40}}}
+  # Round 2: classification better in both seeds, detection worse in both,
+  # depth better on the mean but worse in seed 1; the transfer better in both.
+  second = {0: {"classification": {"top1": 0.75}, "detection": {"AP": 0.25},
+                "depth": {"delta_1.25": 0.60}},
+            1: {"classification": {"top1": 0.65}, "detection": {"AP": 0.10},
+                "depth": {"delta_1.25": 0.38}}}
+  rounds = {1: {s: _round(first[s], 0.3) for s in (0, 1)},
+            2: {s: _round(second[s], 0.4 + 0.1 * s) for s in (0, 1)}}
+  text = report.rounds_section(teachers, rounds, str(tmp_path))
+  assert "| task | metric | teachers | round 1 student | round 2 student | " \
+      "round 2 beats round 1 |" in text
+  assert "| classification | top1 | 0.800 ± 0.000 | 0.650 ± 0.050 | 0.700 ± 0.050 | holds |" \
+      in text
+  assert "| detection | AP | 0.400 ± 0.000 | 0.250 ± 0.050 | 0.175 ± 0.075 | does not hold |" \
+      in text
+  assert "| depth | delta_1.25 | 0.500 ± 0.000 | 0.400 ± 0.000 | 0.490 ± 0.110 | undecided |" \
+      in text
+  assert "| surface_normals | within_11.25 | 0.300 ± 0.000 | 0.450 ± 0.050 | holds |" in text
+  assert (tmp_path / report.ROUNDS_FIGURE).stat().st_size > 10_000
+  # One round has nothing to compare: no section, and write leaves it out.
+  assert report.rounds_section(teachers, {1: rounds[1]}, str(tmp_path)) == ""
+  written = report.write(str(tmp_path / "report"), teachers, first, [], rounds=rounds)
+  assert "## Self-training rounds" in written and f"]({report.ROUNDS_FIGURE})" in written
+  assert "## Self-training rounds" not in report.write(str(tmp_path / "one"), teachers, first,
+                                                       [], rounds=None)
