@@ -13,6 +13,7 @@ binaries start through `run_absl`, the Beam pipelines through `run_main`; both
 check first that a gs:// path among the arguments has credentials to go with it
 (`check_credentials`).
 """
+import logging
 import sys
 import traceback
 from typing import Callable, NoReturn, Sequence
@@ -108,6 +109,16 @@ def run_main(prog: str, main: Callable[[list[str]], object],
   return call(prog, checked_main, verbose)
 
 
+def _log_once() -> None:
+  """TensorFlow, imported before absl's handler is on the root logger, gives its
+  logger a stderr handler of its own: each of its lines would print twice, in
+  both formats. absl's handler (installed by `app.run`) prints them once."""
+  if logging.getLogger().handlers:
+    tf_logger = logging.getLogger("tensorflow")
+    for handler in list(tf_logger.handlers):
+      tf_logger.removeHandler(handler)
+
+
 def run_absl(main: Callable[[list[str]], object], cloud_paths: bool = True) -> None:
   """An absl binary's entry point: flags parsed (unknown or bad ones are user
   errors), then `main(argv)` under the rule. `cloud_paths`: the binary takes
@@ -126,6 +137,7 @@ def run_absl(main: Callable[[list[str]], object], cloud_paths: bool = True) -> N
     return call(prog, parsed, VERBOSE_FLAG in argv)
 
   def checked_main(argv: list[str]):
+    _log_once()
     return call(prog, lambda: main(argv), flags.FLAGS.verbose)
 
   app.run(checked_main, flags_parser=parse)

@@ -4,6 +4,7 @@ import glob
 import io
 import json
 import os
+import pathlib
 import re
 import tracemalloc
 
@@ -24,6 +25,7 @@ from beam_pipelines import pseudo_label
 from must import cli
 from must import configs
 from must import schema as schema_lib
+from must import serving
 from must.tasks import segmentation
 from official.vision.dataloaders import classification_input
 from official.vision.dataloaders import segmentation_input
@@ -431,3 +433,21 @@ def test_labeling_memory_does_not_hold_probabilities_at_image_size():
   tracemalloc.stop()
   assert record
   assert peak < height * width * classes * 4 / 4  # a float32 [H, W, C] is four times this
+
+
+PAPER_TASKS = ("classification", "detection", "segmentation", "depth")
+
+
+@pytest.mark.parametrize("path", sorted(
+    str(p) for p in (pathlib.Path(__file__).parents[2] / "configs/pipelines").glob("*.yaml")))
+def test_shipped_teachers_configs_resolve(path):
+  """Each shipped teachers config lists every task once, with thresholds it takes; a
+  student's export (round 2) serves every task from one path."""
+  def metadata(model_dir):
+    name = os.path.basename(os.path.dirname(model_dir))
+    if name == "student":
+      return serving.TeacherMetadata(tasks={t: {} if t == "depth" else {"num_classes": 11}
+                                            for t in PAPER_TASKS})
+    return serving.TeacherMetadata(task=name, num_classes=None if name == "depth" else 11)
+  config = pseudo_label.load_config(path, metadata_fn=metadata)
+  assert sorted(t["task"] for t in config["teachers"]) == sorted(PAPER_TASKS)

@@ -70,3 +70,13 @@ def test_the_demo_refuses_a_gs_output_dir_without_making_local_folders(tmp_path)
   assert "must.demo: error: --output_dir gs://bucket/demo: the demo runs on local paths" \
       in result.stderr
   assert os.listdir(tmp_path) == []
+
+
+def test_an_absl_binary_prints_each_tensorflow_log_line_once(tmp_path):
+  script = tmp_path / "binary.py"
+  script.write_text("import tensorflow as tf\nfrom must import cli\n"
+                    "cli.run_absl(lambda argv: tf.get_logger().warning('a line of its own'))\n")
+  result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": REPO})
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stderr.count("a line of its own") == 1, result.stderr[-2000:]
