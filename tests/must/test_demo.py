@@ -7,6 +7,7 @@ import shlex
 import shutil
 
 import numpy as np
+from official.core import exp_factory
 import pytest
 
 from must import cli
@@ -303,6 +304,76 @@ def test_rounds_label_with_the_previous_student_and_rerun_from_a_changed_rounds_
   assert "Self-training rounds" not in (output_dir / "report" / "report.md").read_text()
   with pytest.raises(configs.ConfigError, match="--rounds must be 1 or more"):
     demo.run(str(config_dir), str(output_dir), rounds=0)
+
+
+def _flag(args: list[str], name: str) -> str:
+  return next(a.partition("=")[2] for a in args if a.startswith(f"--{name}="))
+
+
+def test_a_later_round_trains_a_noisy_student_and_transfers_its_backbone_alone(
+    tmp_path, monkeypatch):
+  """Round 2's student and transfer runs as must.demo writes them, each training
+  run standing in by the files it leaves (params.yaml, eval and timing)."""
+  config_dir, output_dir = tmp_path / "configs", tmp_path / "out"
+  _tiny_configs(config_dir)
+  round_dir = output_dir / "seed_0" / "round_2"
+  first_export = str(output_dir / "seed_0" / "student" / "export")
+  world = {"image_size": [64, 64], "task_params": {
+      "classification": {"num_classes": 11}, "depth": {}, "surface_normals": {}},
+      "splits": {s: {"pattern": f"/world/{s}-*"} for s in ("eval", "transfer_train",
+                                                           "transfer_eval")}}
+
+  def ctx(stage, round_=2):
+    context = demo.Context(str(config_dir), str(output_dir), stage=stage, seed=0,
+                           round=round_, rounds=2)
+    context.__dict__["world"] = world
+    return context
+
+  def done(stage, summary, round_=2):
+    path = pathlib.Path(ctx(stage, round_).path(f"{stage}.done.json"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary))
+
+  done("student", {"metrics": {"classification": {"top1": 0.5}, "depth": {"delta_1.25": 0.4}},
+                   "export": first_export}, round_=1)
+  done("teachers", demo._run_round_teachers(ctx("teachers")))
+  done("pseudo_label", {"shards": str(round_dir / "pseudo_label" / "labeled-*.tfrecord")})
+  runs = []
+
+  def trainings(batch, jobs=1, commands_file=""):
+    for name, args in batch.items():
+      runs.append((name, args))
+      if args[0] == "must.train":
+        params = configs.load(exp_factory.get_exp_config(_flag(args, "experiment")),
+                              params_override=json.loads(_flag(args, "params_override")))
+        params = params.as_dict()
+        model_dir = pathlib.Path(_flag(args, "model_dir"))
+        model_dir.mkdir(parents=True)
+        (model_dir / "params.yaml").write_text(json.dumps(params))
+        (model_dir / "eval_metrics.json").write_text(json.dumps({"metrics": {
+            f"{head['task']}/m": 0.5 for head in params["task"]["model"]["heads"]}}))
+        (model_dir / "train_timing.json").write_text('{"steps": 2, "step_seconds": 1.0}')
+  monkeypatch.setattr(demo, "run_binaries", trainings)
+
+  done("student", demo._run_student(ctx("student")))
+  (name, args), (_, export) = runs
+  assert name == "MuST student" and export[0] == "must.student.export"
+  task = json.loads(_flag(args, "params_override"))["task"]
+  assert task["teachers"] == [first_export]  # one export, the teacher of both tasks
+  assert [head["task"] for head in task["model"]["heads"]] == ["classification", "depth"]
+  assert task["train_data"]["input_path"] == str(round_dir / "pseudo_label" / "labeled-*.tfrecord")
+  assert task["train_data"]["aug_type"] == {"type": "randaug",
+                                            "randaug": {"num_layers": 2, "magnitude": 5}}
+  assert task["model"]["backbone"]["resnet"]["stochastic_depth_drop_rate"] == 0.1
+
+  runs.clear()
+  transfer = demo._run_transfer(ctx("transfer"))
+  assert [name for name, _ in runs] == ["surface_normals from MuST student"]
+  task = json.loads(_flag(runs[0][1], "params_override"))["task"]
+  assert task["init_checkpoint"] == str(round_dir / "student" / "export" / "backbone")
+  assert task["model"]["backbone"]["resnet"]["stochastic_depth_drop_rate"] == 0.0
+  assert task["train_data"].get("aug_type") is None  # fine-tuned as round 1's was
+  assert transfer["metrics"] == {"MuST student": {"surface_normals": {"m": 0.5}}}
 
 
 def test_a_failing_run_is_named_after_the_others_finish(tmp_path, capsys):
