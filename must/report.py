@@ -446,17 +446,18 @@ def _round_rows(teachers: Seeded, rounds: Mapping[int, Seeded]) -> list[dict]:
 
 def _rounds_figure(rows: list[dict], path: str) -> None:
   """Each task's primary metric against the round (0: the teachers), means over seeds."""
-  figure, axis = plt.subplots(figsize=(5.5, 3.6))
+  figure, axis = plt.subplots(figsize=(7.5, 3.6))
   for row in rows:
     rounds = sorted(row["values"])
     axis.plot(rounds, [_mean(row["values"][r]) for r in rounds], marker="o",
               linestyle="-" if row["kind"] == "student" else "--",
               label=f"{row['task']} {row['metric']}" + (" (transfer)" if row["kind"] ==
                                                         "transfer" else ""))
-  axis.set_xticks(sorted({r for row in rows for r in row["values"]}))
-  axis.set_xlabel("self-training round (0: the specialized teachers)")
+  ticks = sorted({r for row in rows for r in row["values"]})
+  axis.set_xticks(ticks, ["teachers" if r == 0 else f"round {r}" for r in ticks])
+  axis.set_xlabel("self-training round")
   axis.set_ylim(0, 1)
-  axis.legend(fontsize=7)
+  axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
   axis.set_title("Held-out ground truth by round", fontsize=9)
   figure.tight_layout()
   with tf.io.gfile.GFile(path, "wb") as f:
