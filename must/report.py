@@ -483,6 +483,12 @@ def rounds_section(teachers: Seeded, rounds: Mapping[int, Seeded] | None,
                    f" | {row['verdict']} |")
     return "\n".join(lines)
   round_names = [f"round {r} student" for r in sorted(rounds)]
+  transfer = f"""
+Transfer of each round's student backbone (fine-tuned as in the transfer study
+above):
+
+{table("transfer", round_names)}
+""" if any(row["kind"] == "transfer" for row in rows) else ""
   return f"""## Self-training rounds
 
 Round 1's student learns from the specialized teachers; the teacher of every
@@ -491,12 +497,7 @@ with input noise and stochastic depth (Noisy Student; `rounds.yaml`). Each
 task's primary metric on held-out ground truth by round:
 
 {table("student", ["teachers"] + round_names)}
-
-Transfer of each round's student backbone (fine-tuned as in the transfer study
-above):
-
-{table("transfer", round_names)}
-
+{transfer}
 ![rounds]({ROUNDS_FIGURE})
 """
 

@@ -214,6 +214,9 @@ def test_rounds_table_judges_the_last_round_against_the_first_per_task_and_seed(
       in text
   assert "| surface_normals | within_11.25 | 0.300 ± 0.000 | 0.450 ± 0.050 | holds |" in text
   assert (tmp_path / report.ROUNDS_FIGURE).stat().st_size > 10_000
+  without_transfer = {r: {s: {**rounds[r][s], "transfer": {}} for s in (0, 1)} for r in rounds}
+  text = report.rounds_section(teachers, without_transfer, str(tmp_path))
+  assert "| classification | top1 |" in text and "Transfer of each round" not in text
   # One round has nothing to compare: no section, and write leaves it out.
   assert report.rounds_section(teachers, {1: rounds[1]}, str(tmp_path)) == ""
   written = report.write(str(tmp_path / "report"), teachers, first, [], rounds=rounds)
