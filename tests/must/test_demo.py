@@ -362,8 +362,8 @@ def test_a_later_round_trains_a_noisy_student_and_transfers_its_backbone_alone(
   assert task["teachers"] == [first_export]  # one export, the teacher of both tasks
   assert [head["task"] for head in task["model"]["heads"]] == ["classification", "depth"]
   assert task["train_data"]["input_path"] == str(round_dir / "pseudo_label" / "labeled-*.tfrecord")
-  assert task["train_data"]["aug_type"] == {"type": "randaug",
-                                            "randaug": {"num_layers": 2, "magnitude": 5}}
+  assert task["train_data"]["aug_type"] == {"type": "randaug", "randaug": {
+      "num_layers": 2, "magnitude": 5, "cutout_const": 12}}
   assert task["model"]["backbone"]["resnet"]["stochastic_depth_drop_rate"] == 0.1
 
   runs.clear()
