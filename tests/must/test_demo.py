@@ -365,6 +365,8 @@ def test_a_later_round_trains_a_noisy_student_and_transfers_its_backbone_alone(
   assert task["train_data"]["aug_type"] == {"type": "randaug", "randaug": {
       "num_layers": 2, "magnitude": 5, "cutout_const": 12}}
   assert task["model"]["backbone"]["resnet"]["stochastic_depth_drop_rate"] == 0.1
+  # rounds.yaml's schedule replaces student.yaml's (2 steps in TINY_STUDENT).
+  assert json.loads(_flag(args, "params_override"))["trainer"]["train_steps"] == 2600
 
   runs.clear()
   transfer = demo._run_transfer(ctx("transfer"))
