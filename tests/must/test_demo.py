@@ -358,7 +358,8 @@ def test_a_later_round_trains_a_noisy_student_and_transfers_its_backbone_alone(
   done("student", demo._run_student(ctx("student")))
   (name, args), (_, export) = runs
   assert name == "MuST student" and export[0] == "must.student.export"
-  task = json.loads(_flag(args, "params_override"))["task"]
+  override = json.loads(_flag(args, "params_override"))
+  task = override["task"]
   assert task["teachers"] == [first_export]  # one export, the teacher of both tasks
   assert [head["task"] for head in task["model"]["heads"]] == ["classification", "depth"]
   assert task["train_data"]["input_path"] == str(round_dir / "pseudo_label" / "labeled-*.tfrecord")
@@ -366,7 +367,7 @@ def test_a_later_round_trains_a_noisy_student_and_transfers_its_backbone_alone(
       "num_layers": 2, "magnitude": 5, "cutout_const": 12}}
   assert task["model"]["backbone"]["resnet"]["stochastic_depth_drop_rate"] == 0.1
   # rounds.yaml's schedule replaces student.yaml's (2 steps in TINY_STUDENT).
-  assert json.loads(_flag(args, "params_override"))["trainer"]["train_steps"] == 2600
+  assert override["trainer"]["train_steps"] == 2600
 
   runs.clear()
   transfer = demo._run_transfer(ctx("transfer"))
